@@ -1,0 +1,462 @@
+"""Tests for data_preprocessing.py.
+
+The unit tests build a tiny IAM-OnDB in the real file formats under tmp_path; every expected
+array below was worked out by hand from the fixture's coordinates. The last test runs on the
+real database in ../shared/iam-ondb when it is there.
+"""
+import os
+import shutil
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import data_preprocessing as dp
+import utils
+
+# ----------------------------------------------------------------------------- fixture helpers
+
+
+def stroke_xml(strokes, base=1000.0, attribute_order=("x", "y", "time")):
+    """An IAM-OnDB stroke file; strokes are lists of (x, y, seconds after `base`)."""
+    out = ['<?xml version="1.0" encoding="ISO-8859-1"?>', "<WhiteboardCaptureSession>",
+           "  <WhiteboardDescription>", '    <SensorLocation corner="top_left"/>',
+           '    <DiagonallyOppositeCoords x="6512" y="1376"/>',
+           '    <VerticallyOppositeCoords x="966" y="1376"/>',
+           '    <HorizontallyOppositeCoords x="6512" y="787"/>', "  </WhiteboardDescription>",
+           "  <StrokeSet>"]
+    for stroke in strokes:
+        out.append(f'    <Stroke colour="black" start_time="{base + stroke[0][2]:.2f}" '
+                   f'end_time="{base + stroke[-1][2]:.2f}">')
+        for x, y, t in stroke:
+            values = {"x": str(x), "y": str(y), "time": f"{base + t:.2f}"}
+            out.append("      <Point " + " ".join(f'{k}="{values[k]}"' for k in attribute_order) + "/>")
+        out.append("    </Stroke>")
+    out += ["  </StrokeSet>", "</WhiteboardCaptureSession>"]
+    return "\n".join(out) + "\n"
+
+
+def ascii_text(csr_lines, newline="\n"):
+    """An IAM-OnDB transcription file: an OCR section, then the CSR lines."""
+    ocr = " ".join(csr_lines)
+    return newline.join(["OCR:", "", ocr, "", "CSR:", "", *csr_lines, ""])
+
+
+NORMAL_TIMES = [0.00, 0.02, 0.03, 0.05, 0.06, 0.08, 0.09, 0.11, 0.12, 0.14]  # ~15 ms apart
+
+# Line A: two strokes; offsets by hand (y flipped: -(y[t] - y[t-1])).
+LINE_A = [[(100, 500, 0.00), (103, 496, 0.02), (107, 490, 0.03), (112, 488, 0.05), (118, 489, 0.06)],
+          [(160, 520, 0.50), (160, 510, 0.52), (161, 500, 0.53), (163, 493, 0.55), (166, 490, 0.56)]]
+OFFSETS_A = [[0, 0, 0], [0, 3, 4], [0, 4, 6], [0, 5, 2], [1, 6, -1],
+             [0, 42, -31], [0, 0, 10], [0, 1, 10], [0, 2, 7], [1, 3, 3]]
+# Line B: one stroke, x +10 and y -2 (upwards on the board) per reading.
+LINE_B = [[(200 + 10 * i, 300 - 2 * i, t) for i, t in enumerate(NORMAL_TIMES)]]
+OFFSETS_B = [[0, 0, 0]] + [[0, 10, 2]] * 8 + [[1, 10, 2]]
+# Line C: a lost reading (0.03 s gap: one point at x=20 goes in), a glitch that jumps 400 units
+# away and 390 back (both steps removed), and a 0.5 s pause (no interpolation).
+LINE_C = [[(0, 0, 0.00), (10, 0, 0.02), (30, 0, 0.05), (40, 0, 0.06), (440, 0, 0.08), (450, 0, 0.09),
+           (60, 0, 0.11), (70, 0, 0.12), (80, 0, 0.14), (90, 0, 0.15), (100, 0, 0.65), (110, 0, 0.66)]]
+OFFSETS_C = [[0, 0, 0]] + [[0, 10, 0]] * 9 + [[1, 10, 0]]
+# Line D: nine readings, then a single-point stroke (a dot) 10 left and 20 up.
+LINE_D = [[(500 + 5 * i, 100 - 5 * i, t) for i, t in enumerate(NORMAL_TIMES[:9])], [(530, 40, 1.00)]]
+OFFSETS_D = [[0, 0, 0]] + [[0, 5, 5]] * 7 + [[1, 5, 5], [1, -10, 20]]
+# Line E (validation): x +7, y +3 (downwards) per reading.
+LINE_E = [[(7 * i, 3 * i, t) for i, t in enumerate(NORMAL_TIMES)]]
+OFFSETS_E = [[0, 0, 0]] + [[0, 7, -3]] * 8 + [[1, 7, -3]]
+
+TRAIN_IDS = ["a01-000u-01", "a01-000u-02", "b02-003-01", "c03-000-01"]
+TRAIN_TEXTS = ["Mr. Foot's line,", "it isn't here.", '"Abolish Lords".', "café (2)"]
+TRAIN_OFFSETS = [OFFSETS_A, OFFSETS_B, OFFSETS_C, OFFSETS_D]
+
+
+def write(path, content):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, str):
+        content = content.encode("latin-1")
+    path.write_bytes(content)
+
+
+def form_folder(form):
+    """a01-000u -> a01/a01-000 (the folder drops the form's trailing letter)."""
+    return f"{form[:3]}/{form[:7]}"
+
+
+def make_iam(root):
+    """A small IAM-OnDB in extracted form (lineStrokes/, ascii/, split files) under root."""
+    strokes = {
+        "a01-000u-01": stroke_xml(LINE_A), "a01-000u-02": stroke_xml(LINE_B),
+        "a01-001-01": stroke_xml(LINE_E),
+        "b02-003-01": stroke_xml(LINE_C),
+        "c03-000-01": stroke_xml(LINE_D),
+        "d04-010-01": stroke_xml([]),                                   # empty
+        "d04-010-02": stroke_xml([LINE_B[0][:5]]),                      # 5 points: too short
+        "d04-010-03": stroke_xml(LINE_B)[:700],                         # cut off: malformed XML
+        "e05-000-01": stroke_xml(LINE_B), "e05-000-02": stroke_xml(LINE_B),  # 1 CSR line only
+        "f06-000-01": stroke_xml(LINE_B),                               # no transcription file
+        "z00-001-01": stroke_xml(LINE_B),                               # in no split
+    }
+    for line_id, xml in strokes.items():
+        form = line_id.rsplit("-", 1)[0]
+        write(root / "lineStrokes" / form_folder(form) / f"{line_id}.xml", xml)
+    transcriptions = {
+        "a01-000u": ascii_text(["Mr . Foot ' s line ,", "it is n't here ."], newline="\r\n"),
+        "a01-001": ascii_text(['He said : " yes " .']),
+        "b02-003": ascii_text(['" Abolish Lords " .']),
+        "c03-000": ascii_text(["café ( 2 )"]),
+        "d04-010": ascii_text(["one", "two", "three"]),
+        "e05-000": ascii_text(["only one line"]),
+        "z00-001": "OCR: \r\n\r\nCSR: \r\n\r\nPlease Enter Transcription here \r\n",
+    }
+    for form, text in transcriptions.items():
+        write(root / "ascii" / form_folder(form) / f"{form}.txt", text)
+    splits = {"trainset.txt": ["a01-000u", "d04-010", "e05-000", "f06-000"], "testset_v.txt": ["a01-001"],
+              "testset_t.txt": ["b02-003"], "testset_f.txt": ["c03-000", "c03-999"]}
+    for name, forms in splits.items():
+        write(root / name, "".join(f" {form}\n" for form in forms))
+    return root
+
+
+def make_archives(root):
+    """Turn the extracted folders into lineStrokes-all.tar.gz and ascii-all.tar.gz."""
+    for folder, archive in (("lineStrokes", "lineStrokes-all.tar.gz"), ("ascii", "ascii-all.tar.gz")):
+        with tarfile.open(root / archive, "w:gz") as tar:
+            tar.add(root / folder, arcname=folder)
+        shutil.rmtree(root / folder)
+    return root
+
+
+def raw_offsets(data, i):
+    """Undo the normalisation of line i."""
+    o = data.offsets[i].astype(np.float64)
+    return np.column_stack([o[:, 0], o[:, 1:] * data.offset_std + data.offset_mean])
+
+
+def output_files(out_dir):
+    return sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
+
+
+# ----------------------------------------------------------------------------- offsets and cleaning
+
+
+def test_points_to_offsets_by_hand():
+    strokes = [np.array(s, dtype=float) for s in LINE_A]
+    np.testing.assert_array_equal(dp.points_to_offsets(strokes), np.array(OFFSETS_A, dtype=np.float32))
+
+
+def test_interpolate_missing_reading():
+    stroke = np.array([[0, 0, 0.00], [10, 20, 0.02], [40, -10, 0.05],  # 0.03 s: 1 lost reading
+                       [40, -10, 0.06], [100, 0, 0.12],                 # 0.06 s: 3 lost readings
+                       [0, 0, 5.00]])                                   # 4.88 s: a pause, no fill
+    expected = [[0, 0, 0.00], [10, 20, 0.02], [25, 5, 0.035], [40, -10, 0.05], [40, -10, 0.06],
+                [55, -7.5, 0.075], [70, -5, 0.09], [85, -2.5, 0.105], [100, 0, 0.12], [0, 0, 5.00]]
+    np.testing.assert_allclose(dp.interpolate_missing(stroke), expected, atol=1e-9)
+
+
+def test_interpolate_never_across_strokes():
+    # [x, y, time, stroke number]: the 0.03 s gap between strokes 0 and 1 is a pen lift.
+    points = np.array([[0, 0, 0.00, 0], [10, 0, 0.03, 1], [40, 0, 0.06, 1]])
+    expected = [[0, 0, 0.00, 0], [10, 0, 0.03, 1], [25, 0, 0.045, 1], [40, 0, 0.06, 1]]
+    np.testing.assert_allclose(dp.interpolate_missing(points), expected, atol=1e-9)
+
+
+def test_remove_implausible_steps():
+    offsets = np.array([[0, 0, 0], [0, 10, 0], [0, 400, 0], [1, 5, 5],  # 400: glitch; it ended the stroke
+                        [0, 1000, -800],                                # pen-up jump: always kept
+                        [0, 0, 301], [1, 3, 0]], dtype=np.float32)       # 301 > 300: removed
+    cleaned, removed = dp.remove_implausible_steps(offsets)
+    expected = [[0, 0, 0], [0, 10, 0], [1, 5, 5], [0, 1000, -800], [1, 3, 0]]
+    assert removed == 2
+    np.testing.assert_array_equal(cleaned, np.array(expected, dtype=np.float32))
+    # The eos of a removed last row moves back to the row before.
+    cleaned, removed = dp.remove_implausible_steps(np.array([[0, 0, 0], [0, 3, 4], [1, 0, 500]], np.float32))
+    np.testing.assert_array_equal(cleaned, [[0, 0, 0], [1, 3, 4]])
+
+
+def test_clean_line_interpolates_and_removes_glitch():
+    summary = dp.new_summary()
+    offsets = dp.clean_line([np.array(s, dtype=float) for s in LINE_C], summary)
+    np.testing.assert_array_equal(offsets, np.array(OFFSETS_C, dtype=np.float32))
+    assert summary["points_interpolated"] == 1 and summary["steps_removed"] == 2
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def test_parse_stroke_xml_fast_and_slow_paths_agree():
+    xml = stroke_xml(LINE_A).encode()
+    fast = dp.parse_stroke_xml(xml)
+    slow = dp._parse_stroke_xml_slow(xml)
+    # Another attribute order misses the fast pattern and must still be read (by ElementTree).
+    reordered = dp.parse_stroke_xml(stroke_xml(LINE_A, attribute_order=("time", "y", "x")).encode())
+    for strokes in (fast, slow, reordered):
+        assert [len(s) for s in strokes] == [5, 5]
+        np.testing.assert_allclose(strokes[1][2], [161, 500, 1000.53])
+        np.testing.assert_allclose(strokes[0][0], [100, 500, 1000.00])
+
+
+def test_parse_stroke_xml_malformed():
+    with pytest.raises(dp.BadFile, match="malformed XML"):
+        dp.parse_stroke_xml(stroke_xml(LINE_B)[:700].encode())
+    with pytest.raises(dp.BadFile, match="numeric"):
+        dp.parse_stroke_xml(stroke_xml(LINE_B).replace('x="220"', 'x="oops"').encode())
+
+
+def test_csr_lines():
+    text = "OCR:\r\n\r\nA MOVE to stop\r\nMr . Gaitskell\r\n\r\nCSR:\r\n\r\nA MOVE to\r\n\r\nstop Mr . Gaitskell \r\n"
+    assert dp.csr_lines(text) == ["A MOVE to", "stop Mr . Gaitskell"]
+    assert dp.csr_lines("OCR: \n\nCSR: \n\nPlease Enter Transcription here \n") == []
+    assert dp.csr_lines("OCR:\n\nno csr section\n") is None
+
+
+def test_read_split_file(tmp_path):
+    path = tmp_path / "trainset.txt"
+    path.write_text(" a01-000u\n d04-081\n\n z01-000z\n")
+    assert dp.read_split_file(path) == ["a01-000u", "d04-081", "z01-000z"]
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\xff\xfe", b" a01-000u\n <html> oops\n"])
+def test_unreadable_split_file(tmp_path, content):
+    path = tmp_path / "testset_v.txt"
+    path.write_bytes(content)
+    with pytest.raises(dp.PreprocessingError, match="testset_v.txt"):
+        dp.read_split_file(path)
+
+
+# ----------------------------------------------------------------------------- text
+
+
+@pytest.mark.parametrize("tokenised, written", [
+    ("Mr . Foot has put down", "Mr. Foot has put down"),
+    ("Mr . G . R . Bell ( Treasury ) .", "Mr. G. R. Bell (Treasury)."),
+    ("it ' s", "it's"),
+    ("Foot ' s line , he said", "Foot's line, he said"),
+    ("do n't", "don't"),
+    ("I 'm sure it 's there", "I'm sure it's there"),
+    ("word ,", "word,"),
+    ("what ? yes ! no ; maybe :", "what? yes! no; maybe:"),
+    ('" Abolish Lords " .', '"Abolish Lords".'),
+    ('went on :" We are', 'went on: "We are'),
+    ("the Government were \" unsatisfactory . \"", 'the Government were "unsatisfactory."'),
+    ("There is the ' swim ' fish", "There is the 'swim' fish"),
+    ("neutrals ' conference", "neutrals' conference"),
+    ("wait ... and see", "wait... and see"),
+    ("[ the water ] here", "[the water] here"),
+    ("No secret talks # - Macleod.", "No secret talks # - Macleod."),  # dashes and # keep spaces
+    ("Already written, isn't it? \"Yes.\"", "Already written, isn't it? \"Yes.\""),
+    ("  spaces   collapse  ", "spaces collapse"),
+    ('Have you spoken to them? "', 'Have you spoken to them?"'),  # ends a line after ?: closes
+])
+def test_untokenise(tokenised, written):
+    assert dp.untokenise(tokenised) == written
+
+
+def test_untokenise_quote_carries_across_lines():
+    assert dp.untokenise_lines(['picked a strong " brains', 'trust " team']) == \
+        ['picked a strong "brains', 'trust" team']
+    # A new quoted paragraph opens again although the last quote was never closed.
+    assert dp.untokenise_lines(['conference: "The things are happening.', '" Fifty members will']) == \
+        ['conference: "The things are happening.', '"Fifty members will']
+
+
+# ----------------------------------------------------------------------------- whole runs
+
+
+@pytest.fixture
+def iam(tmp_path):
+    return make_iam(tmp_path / "iam")
+
+
+def check_fixture_output(out_dir, summary):
+    train, validation = utils.load_data(out_dir / "train.npz"), utils.load_data(out_dir / "validation.npz")
+    assert train.line_ids == TRAIN_IDS and train.texts == TRAIN_TEXTS
+    assert validation.line_ids == ["a01-001-01"] and validation.texts == ['He said: "yes".']
+    # Training statistics, from the hand-computed raw rows of the four training lines.
+    rows = np.concatenate([np.array(o, dtype=np.float64)[:, 1:] for o in TRAIN_OFFSETS])
+    for data in (train, validation):
+        np.testing.assert_allclose(data.offset_mean, rows.mean(axis=0), rtol=1e-6)
+        np.testing.assert_allclose(data.offset_std, rows.std(axis=0), rtol=1e-6)
+        assert data.alphabet == utils.ALPHABET
+    for i, expected in enumerate(TRAIN_OFFSETS):
+        assert train.offsets[i].dtype == np.float32
+        np.testing.assert_allclose(raw_offsets(train, i), expected, atol=1e-4)
+    np.testing.assert_allclose(raw_offsets(validation, 0), OFFSETS_E, atol=1e-4)
+    # Normalised values, one checked by hand: line A row 1, dx = (3 - mean) / std.
+    np.testing.assert_allclose(train.offsets[0][1, 1], (3 - rows[:, 0].mean()) / rows[:, 0].std(), rtol=1e-5)
+    # Texts: é is not in the alphabet and is written as a space.
+    assert utils.decode_text(train.text_codes[3]) == "caf  (2)"
+    np.testing.assert_array_equal(train.text_codes[0], [utils.ALPHABET.index(c) for c in "Mr. Foot's line,"])
+    assert summary["unknown_characters"] == Counter({"é": 1})
+    assert summary["dropped"] == Counter({"empty": 1, "fewer than 10 points": 1, "malformed XML": 1,
+                                          "transcription shorter than strokes": 2, "missing transcription": 1})
+    assert sum(summary["dropped_by_split"]["validation"].values()) == 0
+    assert summary["missing_forms"] == {"testset_f.txt": 1}
+    assert summary["lines_in_no_split"] == 1 and summary["forms_in_no_split"] == {"z00-001"}
+    assert summary["lines"] == {"train": 4, "validation": 1}
+    assert summary["points_interpolated"] == 1 and summary["steps_removed"] == 2
+    warnings = "\n".join(summary["warnings"])
+    assert "d04-010-03.xml: malformed XML" in warnings
+    assert "e05-000.txt: 1 CSR lines but stroke files up to line 2" in warnings
+    return train, validation
+
+
+def test_preprocess_extracted_folders(iam, tmp_path):
+    summary = dp.preprocess(iam, tmp_path / "out", verbose=False)
+    check_fixture_output(tmp_path / "out", summary)
+    assert output_files(tmp_path / "out") == ["train.npz", "validation.npz"]
+
+
+def test_preprocess_archives_match_folders(iam, tmp_path, capsys):
+    dp.preprocess(iam, tmp_path / "from_folders", verbose=False)
+    make_archives(iam)
+    assert not (iam / "lineStrokes").exists()
+    summary = dp.preprocess(iam, tmp_path / "from_archives")
+    train, _ = check_fixture_output(tmp_path / "from_archives", summary)
+    reference = utils.load_data(tmp_path / "from_folders" / "train.npz")
+    for a, b in zip(train.offsets, reference.offsets):
+        np.testing.assert_array_equal(a, b)
+    printed = capsys.readouterr().out
+    assert "train" in printed and "4 lines kept, 6 dropped" in printed
+    assert "testset_f.txt 1" in printed and "lines in no split (not used): 1" in printed
+
+
+def test_official_split(iam, tmp_path):
+    summary = dp.preprocess(iam, tmp_path / "out", split="official", verbose=False)
+    train = utils.load_data(tmp_path / "out" / "train.npz")
+    assert train.line_ids == ["a01-000u-01", "a01-000u-02"]
+    assert summary["lines_unused_split"] == 2  # b02-003-01 (testset_t), c03-000-01 (testset_f)
+
+
+def test_main_defaults_to_data_folder(tmp_path, monkeypatch):
+    make_iam(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    assert dp.main([]) == 0
+    assert output_files(tmp_path / "data").count("train.npz") == 1
+    assert len(utils.load_data(tmp_path / "data" / "validation.npz")) == 1
+
+
+def test_missing_input_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "trainset.txt").write_text(" a01-000u\n")
+    with pytest.raises(dp.PreprocessingError) as error:
+        dp.preprocess(tmp_path / "data", tmp_path / "out", verbose=False)
+    message = str(error.value)
+    for needed in ("lineStrokes-all.tar.gz", "ascii-all.tar.gz", "testset_v.txt", "testset_t.txt",
+                   "testset_f.txt", dp.DATABASE_URL, str(tmp_path / "data")):
+        assert needed in message
+    assert "Missing input in" in message and "trainset.txt," not in message.split("\n")[0]
+    assert output_files(tmp_path / "out") == []
+    assert dp.main(["--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "out")]) == 1
+    assert "lineStrokes-all.tar.gz" in capsys.readouterr().err
+    assert output_files(tmp_path / "out") == []
+
+
+def test_truncated_archive(iam, tmp_path):
+    make_archives(iam)
+    archive = iam / "lineStrokes-all.tar.gz"
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size * 2 // 3])
+    with pytest.raises(dp.PreprocessingError, match=r"lineStrokes-all\.tar\.gz is truncated or corrupt"):
+        dp.preprocess(iam, tmp_path / "out", verbose=False)
+    assert output_files(tmp_path / "out") == []
+
+
+def test_unreadable_split_file_stops_without_output(iam, tmp_path):
+    (iam / "testset_t.txt").write_bytes(b"\x00\xff\xfe garbage")
+    with pytest.raises(dp.PreprocessingError, match="testset_t.txt"):
+        dp.preprocess(iam, tmp_path / "out", verbose=False)
+    assert output_files(tmp_path / "out") == []
+
+
+def test_failed_write_leaves_no_partial_output(iam, tmp_path, monkeypatch):
+    calls = []
+    real_save = utils.save_data
+
+    def failing_second_save(path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real_save(path, data)
+
+    monkeypatch.setattr(utils, "save_data", failing_second_save)
+    with pytest.raises(OSError, match="disk full"):
+        dp.preprocess(iam, tmp_path / "out", verbose=False)
+    assert output_files(tmp_path / "out") == []  # neither output nor any temporary file
+
+
+# ----------------------------------------------------------------------------- strokes.npy input
+
+
+def make_strokes_npy(folder, texts=("first line", "second line", "third line")):
+    folder.mkdir(parents=True, exist_ok=True)
+    sequences = np.empty(3, dtype=object)
+    # [eos, dx, dy] with y downwards; row 0 of the first sequence is a position, not a step.
+    sequences[0] = np.array([[0, 250, 130], [0, 3, -4], [1, 4, -6], [0, 20, 5], [0, 1, 1], [0, 2, 2],
+                             [0, 3, 3], [0, 4, 4], [0, 5, 5], [1, 6, 6]], dtype=np.float32)
+    sequences[1] = np.array([[0, 0, 0]] + [[0, 2, 1]] * 4 + [[0, 0, 350]] + [[0, 2, 1]] * 4 + [[1, 2, 1]],
+                            dtype=np.float32)  # 350: an implausible in-stroke step
+    sequences[2] = np.array([[0, 0, 0]] + [[0, 1, -1]] * 9 + [[1, 1, -1]], dtype=np.float32)
+    np.save(folder / "strokes.npy", sequences, allow_pickle=True)
+    (folder / "sentences.txt").write_text("\n".join(texts) + "\n")
+
+
+def test_strokes_npy_input(tmp_path):
+    make_strokes_npy(tmp_path / "data")
+    summary = dp.preprocess(tmp_path / "data", tmp_path / "out", validation_fraction=1 / 3, verbose=False)
+    train = utils.load_data(tmp_path / "out" / "train.npz")
+    validation = utils.load_data(tmp_path / "out" / "validation.npz")
+    assert train.texts == ["first line", "second line"] and validation.texts == ["third line"]
+    assert train.line_ids == ["strokes-00000", "strokes-00001"]
+    expected = [[[0, 0, 0], [0, 3, 4], [1, 4, 6], [0, 20, -5], [0, 1, -1], [0, 2, -2], [0, 3, -3],
+                 [0, 4, -4], [0, 5, -5], [1, 6, -6]],
+                [[0, 0, 0]] + [[0, 2, -1]] * 8 + [[1, 2, -1]]]
+    for i in range(2):
+        np.testing.assert_allclose(raw_offsets(train, i), expected[i], atol=1e-4)
+    np.testing.assert_allclose(raw_offsets(validation, 0), [[0, 0, 0]] + [[0, 1, 1]] * 9 + [[1, 1, 1]], atol=1e-4)
+    assert summary["steps_removed"] == 1
+
+
+def test_strokes_npy_explicit_paths_and_mismatch(tmp_path):
+    make_strokes_npy(tmp_path / "pair", texts=("only", "two"))
+    with pytest.raises(dp.PreprocessingError, match="3 sequences but .*sentences.txt 2 lines"):
+        dp.preprocess(strokes=str(tmp_path / "pair" / "strokes.npy"),
+                      sentences=str(tmp_path / "pair" / "sentences.txt"), out_dir=tmp_path / "out", verbose=False)
+    assert output_files(tmp_path / "out") == []
+    make_strokes_npy(tmp_path / "pair")
+    dp.preprocess(strokes=str(tmp_path / "pair" / "strokes.npy"), sentences=str(tmp_path / "pair" / "sentences.txt"),
+                  out_dir=tmp_path / "out", verbose=False)  # default 5%: round(0.15) = 0 validation lines
+    assert len(utils.load_data(tmp_path / "out" / "train.npz")) == 3
+    assert len(utils.load_data(tmp_path / "out" / "validation.npz")) == 0
+
+
+# ----------------------------------------------------------------------------- the real database
+
+IAM_ONDB = Path(__file__).resolve().parents[1] / ".." / "shared" / "iam-ondb"
+
+
+@pytest.mark.skipif(not (IAM_ONDB / "lineStrokes-all.tar.gz").exists(), reason="IAM-OnDB not in ../shared/iam-ondb")
+def test_real_iam_ondb(tmp_path):
+    summary = dp.preprocess(IAM_ONDB, tmp_path, verbose=False)
+    # README counts: trainset 5,364 + testset_t 1,518 + testset_f 3,506 (present) = 10,388 lines;
+    # a08-551z (trainset, 9 stroke files, 8 CSR lines) is the only form dropped; every other
+    # line has >= 31 points and a transcription.
+    assert summary["dropped"] == Counter({"transcription shorter than strokes": 9})
+    assert summary["lines"] == {"train": 5364 + 1518 + 3506 - 9, "validation": 1438}
+    assert summary["missing_forms"] == {"testset_f.txt": 48}
+    # z00-001 (1 line), z01-000 (7), z01-000z (8) are in no split.
+    assert summary["forms_in_no_split"] == {"z00-001", "z01-000", "z01-000z"}
+    assert summary["lines_in_no_split"] == 16
+    assert summary["unknown_characters"] == Counter()
+
+    train = utils.load_data(tmp_path / "train.npz")
+    assert not any(i.startswith("a08-551z") for i in train.line_ids)
+    first = train.line_ids.index("a01-000u-01")
+    assert train.texts[first] == "A MOVE to stop Mr. Gaitskell"
+    line = train.line_ids.index("d01-001z-04")
+    assert train.texts[line] == "be the key to all the others, and"
+    # d01-001z-04.xml's first readings: (916,3112) (904,3119) (897,3123) (897,3127) (900,3123), all
+    # ~15 ms apart (y flipped), then (966,2899) after a 0.10 s gap: round(0.10 / 0.015) = 7 steps
+    # of (66/7, 224/7), i.e. 6 interpolated points.
+    np.testing.assert_allclose(raw_offsets(train, line)[:12],
+                               [[0, 0, 0], [0, -12, -7], [0, -7, -4], [0, 0, -4], [0, 3, 4]]
+                               + [[0, 66 / 7, 224 / 7]] * 7, atol=1e-3)

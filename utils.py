@@ -1,0 +1,328 @@
+"""Shared helpers: the text alphabet, the processed-data file format, atomic writes.
+
+Every script that touches data on disk goes through here, so the format has one definition.
+"""
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+# Every character of the IAM-OnDB CSR transcriptions: letters (Q, X, Z included),
+# digits and the punctuation the writers used. Code i is ALPHABET[i].
+ALPHABET = (" !\"#%&'()*+,-./0123456789:;?@"
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZ[]_abcdefghijklmnopqrstuvwxyz")
+# The one rule for a character outside the alphabet, in training and generation alike:
+# it is written as this character (a space: the pen leaves a gap rather than guess a shape).
+UNKNOWN_REPLACEMENT = " "
+
+
+def unknown_characters(text, alphabet=ALPHABET):
+    """The distinct characters of `text` that `alphabet` lacks, sorted."""
+    return sorted(set(text) - set(alphabet))
+
+
+def encode_text(text, alphabet=ALPHABET):
+    """Text -> int64 codes (indices into `alphabet`); unknown characters become UNKNOWN_REPLACEMENT."""
+    index = {ch: i for i, ch in enumerate(alphabet)}
+    replacement = index[UNKNOWN_REPLACEMENT]
+    return np.array([index.get(ch, replacement) for ch in text], dtype=np.int64)
+
+
+def decode_text(codes, alphabet=ALPHABET):
+    return "".join(alphabet[int(c)] for c in codes)
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    A crash or error leaves the old file (or no file) in place, never a half-written one.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    suffix = os.path.splitext(path)[1]  # keep the extension: np.savez and savefig look at it
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual permissions
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@dataclass
+class HandwritingData:
+    """One split of processed handwriting: a list of lines, each offsets + text.
+
+    offsets[i]:    float32 (T_i, 3) rows [end_of_stroke, dx, dy]; dx, dy normalised with
+                   offset_mean/offset_std (y grows upwards); end_of_stroke is 1 on the last
+                   point of each pen stroke.
+    text_codes[i]: int64 (U_i,) indices into `alphabet`.
+    """
+    offsets: list
+    text_codes: list
+    texts: list
+    line_ids: list
+    alphabet: str
+    offset_mean: np.ndarray  # (2,) raw-unit mean of dx, dy over the training split
+    offset_std: np.ndarray   # (2,) raw-unit standard deviation of dx, dy
+
+    def __len__(self):
+        return len(self.offsets)
+
+
+def save_data(path, data):
+    """Write a split as one .npz (concatenated arrays + lengths; no pickles), atomically."""
+    with atomic_path(path) as tmp:
+        np.savez(
+            tmp,
+            points=np.concatenate(data.offsets).astype(np.float32) if len(data) else np.zeros((0, 3), np.float32),
+            point_lengths=np.array([len(o) for o in data.offsets], dtype=np.int64),
+            text_codes=np.concatenate(data.text_codes).astype(np.int64) if len(data) else np.zeros(0, np.int64),
+            text_lengths=np.array([len(c) for c in data.text_codes], dtype=np.int64),
+            texts=np.array(data.texts, dtype=str),
+            line_ids=np.array(data.line_ids, dtype=str),
+            alphabet=np.array(data.alphabet),
+            offset_mean=np.asarray(data.offset_mean, dtype=np.float32),
+            offset_std=np.asarray(data.offset_std, dtype=np.float32),
+        )
+
+
+def load_data(path):
+    """Read a split written by save_data."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} does not exist. Run `python data_preprocessing.py` first "
+            "(see README.md for where to put the IAM-OnDB files).")
+    with np.load(path, allow_pickle=False) as f:
+        n = len(f["point_lengths"])
+        return HandwritingData(
+            offsets=np.split(f["points"], np.cumsum(f["point_lengths"])[:-1]) if n else [],
+            text_codes=np.split(f["text_codes"], np.cumsum(f["text_lengths"])[:-1]) if n else [],
+            texts=[str(t) for t in f["texts"]],
+            line_ids=[str(t) for t in f["line_ids"]],
+            alphabet=str(f["alphabet"]),
+            offset_mean=f["offset_mean"].copy(),
+            offset_std=f["offset_std"].copy(),
+        )
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def load_checkpoint(path, device="cpu"):
+    """Load a checkpoint written by train.py onto any device (a GPU run loads on a CPU).
+
+    Returns (model in eval mode, checkpoint dict); the dict holds the alphabet and the
+    normalisation statistics that generation needs.
+    """
+    import torch
+    from model import HandwritingModel, ModelConfig
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}: train one with train.py or pass --checkpoint PATH")
+    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    model = HandwritingModel(ModelConfig(**checkpoint["config"])).to(device)
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), checkpoint
+
+
+# ----------------------------------------------------------------------------- plots
+
+def plot_loss_curves(history, path=None, title="", ax=None):
+    """Train vs validation NLL (nats per sequence) against epoch, into `ax` or saved to `path`."""
+    if ax is None:
+        # matplotlib's Figure without pyplot: no global backend switch (safe inside a notebook)
+        from matplotlib.figure import Figure
+        fig = Figure(figsize=(6, 4))
+        plot_loss_curves(history, title=title, ax=fig.add_subplot())
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp)
+        return
+    epochs = [r["epoch"] for r in history]
+    ax.plot(epochs, [r["train_nats_per_sequence"] for r in history], "o-", label="train")
+    ax.plot(epochs, [r["validation_nats_per_sequence"] for r in history], "s-", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("NLL (nats per sequence)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
+# ----------------------------------------------------------------------------- strokes and drawings
+#
+# Lines are arrays of pen offsets [end_of_stroke, dx, dy] in pen units (see denormalise), y
+# growing upwards. The drawing helpers use matplotlib's Figure directly, not pyplot: they neither
+# need nor change the global backend, so they work alike in scripts and in a notebook.
+
+def denormalise(offsets, mean, std):
+    """Normalised offsets (n, 3) -> pen units: dx, dy = normalised * std + mean (a new array)."""
+    out = np.array(offsets, dtype=np.float64, copy=True)
+    out[:, 1:] = out[:, 1:] * np.asarray(std, dtype=np.float64) + np.asarray(mean, dtype=np.float64)
+    return out
+
+
+def offsets_to_strokes(offsets):
+    """Offsets (n, 3) -> list of (k, 2) absolute-coordinate arrays, one per pen stroke.
+
+    A point with end_of_stroke = 1 is the last of its stroke; the pen is lifted before the next
+    point. Points after the last lift form a final stroke (a line cut mid-stroke still shows).
+    """
+    offsets = np.asarray(offsets, dtype=np.float64)
+    points = np.cumsum(offsets[:, 1:], axis=0)
+    ends = np.flatnonzero(offsets[:, 0] > 0.5) + 1
+    return [s for s in np.split(points, ends) if len(s)]
+
+
+def layout_lines(lines, gap=0.3):
+    """Strokes of several lines stacked top to bottom, all in one coordinate frame (y up).
+
+    Each line is shifted so that its left edge is at x = 0 and its top lies `gap` line-heights
+    (of the tallest line) below the previous line's bottom. Returns a list (per line) of stroke lists.
+    """
+    per_line = [offsets_to_strokes(line) for line in lines]
+    heights = [np.ptp(np.concatenate(s)[:, 1]) if s else 0.0 for s in per_line]
+    spacing = gap * max(heights + [1.0])
+    placed, top = [], 0.0
+    for strokes in per_line:
+        if not strokes:
+            placed.append([])
+            continue
+        points = np.concatenate(strokes)
+        shift = np.array([-points[:, 0].min(), top - points[:, 1].max()])
+        placed.append([s + shift for s in strokes])
+        top = (points[:, 1].min() + shift[1]) - spacing
+    return placed
+
+
+def draw_strokes(ax, lines, titles=None, linewidth=1.5, color="black"):
+    """Draw lines of offsets into a matplotlib Axes, stacked vertically, pen lifts respected."""
+    for i, strokes in enumerate(layout_lines(lines)):
+        for s in strokes:
+            # a one-point stroke is a dot: plot it as a marker, a segment of length 0 shows nothing
+            ax.plot(s[:, 0], s[:, 1], "-" if len(s) > 1 else ".", color=color, linewidth=linewidth,
+                    markersize=2 * linewidth, solid_capstyle="round", solid_joinstyle="round")
+        if titles is not None and strokes:
+            top = max(s[:, 1].max() for s in strokes)
+            ax.text(0, top, titles[i], fontsize=8, color="tab:blue", va="bottom")
+    ax.set_aspect("equal")
+    ax.axis("off")
+    return ax
+
+
+def _figure(width, height):
+    from matplotlib.figure import Figure
+    return Figure(figsize=(width, height))
+
+
+def plot_strokes(lines, path=None, ax=None, titles=None, linewidth=1.5, width=10.0):
+    """Draw lines of offsets (pen units) stacked vertically, into `ax` or a new figure saved to `path`.
+
+    The file format follows the extension of `path` (.png, .svg, .pdf ...). Returns the Axes.
+    """
+    if ax is not None:
+        return draw_strokes(ax, lines, titles, linewidth)
+    if path is None:
+        raise ValueError("plot_strokes needs a path or an Axes")
+    placed = [np.concatenate(s) for s in layout_lines(lines) if s]
+    if placed:
+        points = np.concatenate(placed)
+        aspect = max(np.ptp(points[:, 1]), 1e-6) / max(np.ptp(points[:, 0]), 1e-6)
+    else:
+        aspect = 0.2
+    fig = _figure(width, min(max(width * aspect, 1.0), 40.0))
+    ax = fig.add_axes([0.01, 0.01, 0.98, 0.98])
+    draw_strokes(ax, lines, titles, linewidth)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    return ax
+
+
+def write_svg(lines, path, stroke_width=None, margin=None):
+    """Write lines of offsets (pen units) as an SVG file: one <path> per pen stroke, lines stacked.
+
+    SVG's y axis points down, so y is negated.
+    """
+    from xml.sax.saxutils import quoteattr
+
+    strokes = [s * np.array([1.0, -1.0]) for line in layout_lines(lines) for s in line]
+    if strokes:
+        points = np.concatenate(strokes)
+        low, high = points.min(0), points.max(0)
+    else:
+        low, high = np.zeros(2), np.ones(2)
+    size = max(high - low)
+    stroke_width = stroke_width if stroke_width is not None else max(size / 400, 1e-3)
+    margin = margin if margin is not None else 5 * stroke_width
+    low, high = low - margin, high + margin
+    fmt = lambda v: f"{v:.2f}"
+    paths = []
+    for s in strokes:
+        # "M x y L x y ..."; a one-point stroke repeats its point so the round cap draws a dot
+        pts = s if len(s) > 1 else np.repeat(s, 2, axis=0)
+        d = "M " + " L ".join(f"{fmt(x)} {fmt(y)}" for x, y in pts)
+        paths.append(f"  <path d={quoteattr(d)}/>")
+    width, height = high - low
+    svg = "\n".join([
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="{fmt(width)}" height="{fmt(height)}" '
+        f'viewBox="{fmt(low[0])} {fmt(low[1])} {fmt(width)} {fmt(height)}">',
+        f'<g fill="none" stroke="black" stroke-width="{fmt(stroke_width)}" '
+        'stroke-linecap="round" stroke-linejoin="round">',
+        *paths,
+        "</g>",
+        "</svg>",
+        "",
+    ])
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(svg)
+
+
+def save_drawing(lines, path, titles=None):
+    """Lines of offsets (pen units) -> `path`: SVG for .svg (vector, one path per stroke), else matplotlib."""
+    if os.fspath(path).lower().endswith(".svg"):
+        write_svg(lines, path)
+    else:
+        plot_strokes(lines, path, titles=titles)
+
+
+def draw_attention(ax, phi, text):
+    """phi (T, U) as an image: characters of `text` down the y axis, time step along x."""
+    phi = np.asarray(phi)
+    ax.imshow(phi.T, aspect="auto", origin="upper", interpolation="nearest", cmap="Greys")
+    ax.set_yticks(range(len(text)))
+    ax.set_yticklabels([repr(c)[1:-1] if c != " " else "␣" for c in text], fontsize=7,
+                       fontfamily="monospace")
+    ax.set_xlabel("time step (pen point)")
+    ax.set_ylabel("character")
+    return ax
+
+
+def plot_attention(phi, text, path=None, ax=None):
+    """The attention window phi (T, U) over the characters of `text`, into `ax` or saved to `path`.
+
+    For several lines pass lists of phis and texts: one panel each, stacked (file output only).
+    """
+    if ax is not None:
+        return draw_attention(ax, phi, text)
+    if path is None:
+        raise ValueError("plot_attention needs a path or an Axes")
+    phis, texts = (phi, text) if isinstance(text, (list, tuple)) else ([phi], [text])
+    heights = [max(1.5, 0.18 * len(t) + 0.8) for t in texts]
+    fig = _figure(10, sum(heights) + 0.3)
+    axes = fig.subplots(len(texts), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    for ax, p, t in zip(axes, phis, texts):
+        draw_attention(ax, p, t)
+    axes[0].set_title("attention window phi(t, u)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    return axes[0] if len(axes) == 1 else axes
