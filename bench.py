@@ -1,0 +1,162 @@
+"""Training throughput: the straightforward implementation against ours, side by side, on real data.
+
+    python bench.py                       # both tasks, a few optimizer steps each
+    python bench.py --task synthesis --steps 5
+    python bench.py --compare_loss 100    # also train both N steps and compare validation NLL
+
+The baseline is how these models are usually written: every batch padded to --timesteps,
+fp32, nn.LSTM for rand_write, and for synthesis a Python loop over two nn.LSTMCells with the
+window and the output layer computed at every step. Ours (model.py + train.py) batches lines of
+similar length, runs only layer 1 and the window in the loop, and uses bf16 matrix products where
+the hardware has them. Throughput counts real (unpadded) predicted points per second.
+"""
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import utils
+from model import HandwritingModel, ModelConfig, point_nll, sequence_nll, split_mixture, window_weights
+from train import autocast, collate, evaluate, make_batches
+
+
+class StraightforwardModel(nn.Module):
+    """Both tasks written the plain way: one cell step (and window) after another."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        H, A = config.cell_size, (config.alphabet_size if config.task == "synthesis" else 0)
+        self.A = A
+        if config.task == "synthesis":
+            self.cell1 = nn.LSTMCell(3 + A, H)
+            self.cell2 = nn.LSTMCell(3 + H + A, H)
+            self.window_layer = nn.Linear(H, 3 * config.K)
+        else:
+            self.layer1 = nn.LSTM(3, H, batch_first=True)
+            self.layer2 = nn.LSTM(3 + H, H, batch_first=True)
+        self.output_layer = nn.Linear(2 * H, 6 * config.num_clusters + 1)
+
+    def forward(self, offsets, text=None, text_mask=None):
+        if self.config.task == "rand_write":
+            h1, _ = self.layer1(offsets)
+            h2, _ = self.layer2(torch.cat([offsets, h1], -1))
+            return self.output_layer(torch.cat([h1, h2], -1))
+        B, T, _ = offsets.shape
+        H = self.config.cell_size
+        one_hot = F.one_hot(text, self.A).to(offsets.dtype)
+        state1 = state2 = (offsets.new_zeros(B, H), offsets.new_zeros(B, H))
+        kappa, window = offsets.new_zeros(B, self.config.K), offsets.new_zeros(B, self.A)
+        ys = []
+        for t in range(T):
+            x = offsets[:, t]
+            state1 = self.cell1(torch.cat([x, window], -1), state1)
+            a, b, k = self.window_layer(state1[0]).chunk(3, -1)
+            phi, kappa = window_weights(a, b, k, kappa, text_mask)
+            window = torch.bmm(phi.unsqueeze(1), one_hot).squeeze(1)
+            state2 = self.cell2(torch.cat([x, state1[0], window], -1), state2)
+            ys.append(self.output_layer(torch.cat([state1[0], state2[0]], -1)))
+        return torch.stack(ys, 1)
+
+
+def straightforward_nll(model, offsets, mask, text, text_mask):
+    y = model(offsets[:, :-1], text, text_mask)
+    nll = point_nll(split_mixture(y), offsets[:, 1:])
+    target_mask = mask[:, 1:]
+    return (nll * target_mask).sum(), target_mask.sum()
+
+
+def padded_batches(data, batch_size, timesteps, rng):
+    """Random batches, every one padded (or cut) to exactly timesteps + 1 points."""
+    order = rng.permutation(len(data))
+    for start in range(0, len(order) - batch_size + 1, batch_size):
+        offsets, mask, text, text_mask = collate(data, order[start:start + batch_size], timesteps + 1)
+        pad = timesteps + 1 - offsets.shape[1]
+        yield F.pad(offsets, (0, 0, 0, pad)), F.pad(mask, (0, pad)), text, text_mask
+
+
+def bucketed_batches(data, batch_size, timesteps, rng):
+    for indices in make_batches([len(x) for x in data.offsets], batch_size, rng):
+        yield collate(data, indices, timesteps + 1)
+
+
+def run(model, batches, loss_fn, steps, precision, warmup=1):
+    """Time `steps` optimizer steps after `warmup`; returns (seconds per step, real points per second)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=8e-4)
+    seconds, points = 0.0, 0.0
+    for i in range(warmup + steps):
+        offsets, mask, text, text_mask = next(batches)
+        started = time.perf_counter()
+        with autocast("cpu", precision):
+            nll, count = loss_fn(model, offsets, mask, text, text_mask)
+        optimizer.zero_grad()
+        (nll / count).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimizer.step()
+        if i >= warmup:
+            seconds += time.perf_counter() - started
+            points += count.item()
+    return seconds / steps, points / seconds
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=["rand_write", "synthesis", "both"], default="both")
+    p.add_argument("--data_dir", default="data")
+    p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per implementation")
+    p.add_argument("--batch_size", type=int, default=50)
+    p.add_argument("--timesteps", type=int, default=800)
+    p.add_argument("--cell_size", type=int, default=400)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="for ours")
+    p.add_argument("--compare_loss", type=int, default=0,
+                   help="also train each implementation this many steps and compare validation NLL")
+    p.add_argument("--validation_lines", type=int, default=300)
+    args = p.parse_args()
+
+    data = utils.load_data(os.path.join(args.data_dir, "train.npz"))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(data)} training lines, "
+          f"batch {args.batch_size} x {args.timesteps} steps, cell {args.cell_size}")
+    tasks = ["rand_write", "synthesis"] if args.task == "both" else [args.task]
+    for task in tasks:
+        config = ModelConfig(task=task, cell_size=args.cell_size, alphabet_size=len(data.alphabet))
+        results = {}
+        for name, model_class, batches, loss_fn, precision in [
+            ("straightforward", StraightforwardModel, padded_batches, straightforward_nll, "fp32"),
+            ("ours", HandwritingModel, bucketed_batches, sequence_nll, args.precision),
+        ]:
+            torch.manual_seed(0)
+            model = model_class(config)
+            rng = np.random.default_rng(0)
+            step_s, points_s = run(model, batches(data, args.batch_size, args.timesteps, rng),
+                                   loss_fn, args.steps, precision)
+            results[name] = points_s
+            print(f"{task:10s} {name:15s} {step_s:6.2f} s/step  {points_s:8.0f} real points/s")
+        print(f"{task:10s} speed-up {results['ours'] / results['straightforward']:.2f}x")
+        if args.compare_loss:
+            compare_loss(config, data, args)
+
+
+def compare_loss(config, data, args):
+    """Validation NLL after the same number of steps, from the same initial weights."""
+    valid = utils.load_data(os.path.join(args.data_dir, "validation.npz"))
+    subset = np.random.default_rng(0).choice(len(valid), min(args.validation_lines, len(valid)), replace=False)
+    valid = utils.HandwritingData([valid.offsets[i] for i in subset], [valid.text_codes[i] for i in subset],
+                                  [valid.texts[i] for i in subset], [valid.line_ids[i] for i in subset],
+                                  valid.alphabet, valid.offset_mean, valid.offset_std)
+    for name, batches, precision in [("fp32, padded batches", padded_batches, "fp32"),
+                                     ("ours", bucketed_batches, args.precision)]:
+        torch.manual_seed(0)
+        model = HandwritingModel(config)
+        run(model, batches(data, args.batch_size, args.timesteps, np.random.default_rng(0)),
+            sequence_nll, args.compare_loss, precision, warmup=0)
+        per_sequence, per_point = evaluate(model, valid, args.batch_size, "cpu", "fp32")
+        print(f"{config.task:10s} {name:22s} after {args.compare_loss} steps: validation "
+              f"{per_sequence:.1f} nats/seq, {per_point:.4f} nats/point (fp32 evaluation)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+"""The two handwriting networks of Graves (2013, arXiv:1308.0850) and their loss.
+
+Both models read pen offsets x_t = [end_of_stroke, dx, dy] and predict the next one through a
+mixture density output: M bivariate Gaussians for (dx, dy) and a Bernoulli for end_of_stroke.
+
+    rand_write:  x -> LSTM1 -> LSTM2 -> output        (x feeds both layers; the output layer
+                                                      sees both layers: "skip connections")
+    synthesis:   the same, plus a soft window over the one-hot text (section 5): layer 1's
+                 output at step t places K Gaussians on the character positions; their weights
+                 phi(t, u) average the characters into a window vector w_t, which feeds layer 2
+                 at step t and layer 1 at step t+1.
+
+Speed: only what truly depends on the previous step runs in a Python loop. For rand_write both
+layers are fused nn.LSTMs. For synthesis, layer 1 and the window form the recurrence, so they loop
+(with x's share of layer 1's gates computed for all steps at once); layer 2 and the output layer
+see only values the loop has already produced, so they run afterwards as one fused nn.LSTM and one
+matrix product over the whole sequence.
+"""
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class ModelConfig:
+    task: str = "rand_write"   # "rand_write" (unconditional) or "synthesis" (text-conditioned)
+    cell_size: int = 400       # LSTM units per layer
+    num_clusters: int = 20     # M, Gaussians in the output mixture
+    K: int = 10                # Gaussians in the attention window (synthesis only)
+    alphabet_size: int = 84    # one-hot text size (synthesis only)
+
+    def __post_init__(self):
+        if self.task not in ("rand_write", "synthesis"):
+            raise ValueError(f"task must be 'rand_write' or 'synthesis', not {self.task!r}")
+
+
+# ----------------------------------------------------------------------------- mixture output
+
+class Mixture(NamedTuple):
+    """Mixture-density parameters, each (..., M) except eos_logit (...,)."""
+    log_weights: torch.Tensor  # log pi_j (log-softmax)
+    mu_x: torch.Tensor
+    mu_y: torch.Tensor
+    log_sigma_x: torch.Tensor  # sigma = exp(.)
+    log_sigma_y: torch.Tensor
+    rho_logit: torch.Tensor    # rho = tanh(.); kept unsquashed so 1 - rho^2 stays exact
+    eos_logit: torch.Tensor    # P(end_of_stroke) = sigmoid(.)
+
+
+def split_mixture(y, bias=0.0):
+    """Raw output-layer activations (..., 6M+1) -> Mixture.
+
+    `bias` is Graves' sampling bias (section 5.2): weights sharpen by (1+b), standard deviations
+    shrink by exp(-b). Training uses b = 0.
+    """
+    eos_logit = y[..., 0]
+    weight_logit, mu_x, mu_y, log_sigma_x, log_sigma_y, rho_logit = y[..., 1:].chunk(6, dim=-1)
+    return Mixture(
+        log_weights=F.log_softmax(weight_logit * (1 + bias), dim=-1),
+        mu_x=mu_x, mu_y=mu_y,
+        log_sigma_x=log_sigma_x - bias, log_sigma_y=log_sigma_y - bias,
+        rho_logit=rho_logit, eos_logit=eos_logit,
+    )
+
+
+def log_one_minus_tanh_squared(r):
+    """log(1 - tanh(r)^2) = 2 log sech(r), exact even where tanh(r) rounds to +-1."""
+    r = r.abs()
+    return 2 * (math.log(2) - r - F.softplus(-2 * r))
+
+
+def gaussian_log_density(mix, dx, dy):
+    """log N(dx, dy | mu_j, sigma_j, rho_j) for every component j: (..., M)."""
+    zx = (dx.unsqueeze(-1) - mix.mu_x) * torch.exp(-mix.log_sigma_x)
+    zy = (dy.unsqueeze(-1) - mix.mu_y) * torch.exp(-mix.log_sigma_y)
+    rho = torch.tanh(mix.rho_logit)
+    log_one_minus_rho2 = log_one_minus_tanh_squared(mix.rho_logit)
+    # (zx^2 + zy^2 - 2 rho zx zy) / (1 - rho^2) rewritten as a sum of two squares: never negative,
+    # no cancellation when |rho| -> 1. exp(-log(1-rho^2)) = cosh^2 overflows float32 past |r| ~ 44,
+    # where rho = tanh(r) is 1 to 38 digits anyway, hence the clamp.
+    inv_one_minus_rho2 = torch.exp(-log_one_minus_rho2.clamp(min=-80.0))
+    quad = (zx - rho * zy) ** 2 * inv_one_minus_rho2 + zy ** 2
+    return -LOG_2PI - mix.log_sigma_x - mix.log_sigma_y - 0.5 * log_one_minus_rho2 - 0.5 * quad
+
+
+def point_nll(mix, targets):
+    """Negative log-likelihood (nats) of each target point [end_of_stroke, dx, dy]: (...,)."""
+    end_of_stroke, dx, dy = targets.unbind(-1)
+    offset_nll = -torch.logsumexp(mix.log_weights + gaussian_log_density(mix, dx, dy), dim=-1)
+    # -[e log s(l) + (1-e) log s(-l)] in its stable logits form
+    eos_nll = F.binary_cross_entropy_with_logits(mix.eos_logit, end_of_stroke, reduction="none")
+    return offset_nll + eos_nll
+
+
+def sample_mixture(mix, generator=None):
+    """Draw one point [end_of_stroke, dx, dy] per batch row from a Mixture of shape (B, M)."""
+    component = torch.multinomial(mix.log_weights.exp(), 1, generator=generator)  # (B, 1)
+    pick = lambda t: t.gather(-1, component).squeeze(-1)
+    mu_x, mu_y = pick(mix.mu_x), pick(mix.mu_y)
+    sigma_x, sigma_y = pick(mix.log_sigma_x).exp(), pick(mix.log_sigma_y).exp()
+    rho = torch.tanh(pick(mix.rho_logit))
+    n = torch.randn(2, *mu_x.shape, generator=generator, dtype=mu_x.dtype, device=mu_x.device)
+    dx = mu_x + sigma_x * n[0]
+    dy = mu_y + sigma_y * (rho * n[0] + torch.sqrt(1 - rho ** 2) * n[1])
+    eos_p = torch.sigmoid(mix.eos_logit)
+    end_of_stroke = (torch.rand(eos_p.shape, generator=generator, dtype=eos_p.dtype,
+                                device=eos_p.device) < eos_p).to(dx.dtype)
+    return torch.stack([end_of_stroke, dx, dy], dim=-1)
+
+
+# ----------------------------------------------------------------------------- attention window
+
+def window_weights(alpha_hat, beta_hat, kappa_hat, kappa_prev, text_mask):
+    """Graves eqs. 46-51 for one step.
+
+    alpha_hat, beta_hat, kappa_hat, kappa_prev: (B, K); text_mask: (B, U) float, 1 on real
+    characters. Returns phi (B, U) -- the weight of each character -- and the new kappa (B, K).
+    """
+    alpha, beta = alpha_hat.exp(), beta_hat.exp()
+    kappa = kappa_prev + kappa_hat.exp()  # the window only moves forwards
+    u = torch.arange(text_mask.shape[1], device=text_mask.device, dtype=kappa.dtype)
+    # (B, K, 1) against (U,) -> (B, K, U), summed over the K Gaussians
+    phi = (alpha.unsqueeze(-1) * torch.exp(-beta.unsqueeze(-1) * (kappa.unsqueeze(-1) - u) ** 2)).sum(1)
+    return phi * text_mask, kappa
+
+
+# ----------------------------------------------------------------------------- the network
+
+class State(NamedTuple):
+    """Recurrent state carried between calls (generation steps through it one point at a time)."""
+    h1: torch.Tensor
+    c1: torch.Tensor
+    h2: torch.Tensor
+    c2: torch.Tensor
+    kappa: Optional[torch.Tensor] = None   # (B, K) window positions (synthesis)
+    window: Optional[torch.Tensor] = None  # (B, A) last window vector w_{t-1} (synthesis)
+
+
+class HandwritingModel(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        H, M = config.cell_size, config.num_clusters
+        self.window_size = config.alphabet_size if config.task == "synthesis" else 0
+        A = self.window_size
+        if config.task == "synthesis":
+            # layer 1 as explicit weights: its input gates for x are computed for all steps at
+            # once, those for [h1_{t-1}, w_{t-1}] inside the loop in one product
+            self.layer1_input = nn.Linear(3, 4 * H)
+            self.layer1_recurrent = nn.Linear(H + A, 4 * H, bias=False)
+            self.window_layer = nn.Linear(H, 3 * config.K)
+        else:
+            self.layer1 = nn.LSTM(3, H, batch_first=True)
+        self.layer2 = nn.LSTM(3 + H + A, H, batch_first=True)
+        self.output_layer = nn.Linear(2 * H, 6 * M + 1)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        H = self.config.cell_size
+        bound = 1 / math.sqrt(H)
+        for name, p in self.named_parameters():
+            nn.init.uniform_(p, -bound, bound)  # nn.LSTM's own default, for every layer alike
+        # forget gates start open (bias 1) so gradients reach far back from the start
+        for bias in self._forget_gate_biases():
+            bias.data[H:2 * H] += 1.0
+        if self.config.task == "synthesis":
+            # start the window moving slowly: exp(-3) ~ 0.05 characters per point, near the
+            # data's ~25 points per character
+            self.window_layer.bias.data[2 * self.config.K:] = -3.0
+
+    def _forget_gate_biases(self):
+        if self.config.task == "synthesis":
+            yield self.layer1_input.bias
+        else:
+            yield self.layer1.bias_ih_l0
+        yield self.layer2.bias_ih_l0
+
+    def initial_state(self, batch_size, device=None):
+        weight = self.output_layer.weight
+        zeros = lambda n: torch.zeros(batch_size, n, device=device or weight.device, dtype=weight.dtype)
+        H = self.config.cell_size
+        if self.config.task == "synthesis":
+            return State(zeros(H), zeros(H), zeros(H), zeros(H), zeros(self.config.K), zeros(self.window_size))
+        return State(zeros(H), zeros(H), zeros(H), zeros(H))
+
+    def forward(self, offsets, text=None, text_mask=None, state=None, return_phi=False):
+        """Run the network over offsets (B, T, 3).
+
+        synthesis also needs text (B, U) int64 codes and text_mask (B, U), 1 on real characters.
+        Returns (y, state, phi): y (B, T, 6M+1) raw output activations (split_mixture turns them
+        into a Mixture), the final State, and phi (B, T, U) when return_phi (else None).
+        """
+        B = offsets.shape[0]
+        if state is None:
+            state = self.initial_state(B, offsets.device)
+        phi = None
+        if self.config.task == "synthesis":
+            h1, c1, kappa, windows, phi = self._layer1_with_window(offsets, text, text_mask, state, return_phi)
+            layer2_input = torch.cat([offsets, h1, windows], dim=-1)
+            window, last_kappa = windows[:, -1], kappa
+        else:
+            h1, (h1_last, c1_last) = self.layer1(offsets, (state.h1.unsqueeze(0), state.c1.unsqueeze(0)))
+            h1_last, c1_last = h1_last[0], c1_last[0]
+            layer2_input = torch.cat([offsets, h1], dim=-1)
+        h2, (h2_last, c2_last) = self.layer2(layer2_input, (state.h2.unsqueeze(0), state.c2.unsqueeze(0)))
+        y = self.output_layer(torch.cat([h1, h2], dim=-1))
+        if self.config.task == "synthesis":
+            new_state = State(h1[:, -1], c1, h2_last[0], c2_last[0], last_kappa, window)
+        else:
+            new_state = State(h1_last, c1_last, h2_last[0], c2_last[0])
+        return y, new_state, phi
+
+    def _layer1_with_window(self, offsets, text, text_mask, state, return_phi):
+        """The recurrence of the synthesis model: LSTM layer 1 and the window, step by step."""
+        if text is None or text_mask is None:
+            raise ValueError("the synthesis model needs text codes and a text mask")
+        dtype = self.layer1_input.weight.dtype  # the recurrence keeps its state in full precision
+        one_hot = F.one_hot(text, self.window_size).to(dtype)  # (B, U, A)
+        input_gates = self.layer1_input(offsets).to(dtype)  # (B, T, 4H): x's share, all steps at once
+        # bf16 products inside the recurrence exactly when autocast asks for them
+        device_type = offsets.device.type
+        matmul_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else dtype
+        h1, windows, c1, kappa, phi = WindowedLSTM.apply(
+            input_gates, state.h1.to(dtype), state.c1.to(dtype), state.kappa.to(dtype), state.window.to(dtype),
+            self.layer1_recurrent.weight, self.window_layer.weight, self.window_layer.bias,
+            one_hot, text_mask.to(dtype), matmul_dtype)
+        return h1, c1, kappa, windows, (phi if return_phi else None)
+
+
+class WindowedLSTM(torch.autograd.Function):
+    """Layer 1 of the synthesis model and its window over all time steps, with a hand-written
+    backward pass through time.
+
+    Autograd would record some thirty small operations per time step and replay them one by one;
+    here the forward loop records nothing, and the backward loop runs the chain rule directly,
+    leaving the weight gradients to one large matrix product each after the loop. Gates are
+    ordered (i, f, o, g) so one sigmoid covers three of them. tests/test_bench.py checks values
+    and gradients against the plain autograd loop; tests check it with gradcheck too.
+    """
+
+    @staticmethod
+    def forward(ctx, input_gates, h, c, kappa, window, recurrent_weight, window_weight, window_bias,
+                one_hot, text_mask, matmul_dtype):
+        H, K = h.shape[1], kappa.shape[1]
+        W = recurrent_weight.to(matmul_dtype).t()
+        positions = torch.arange(text_mask.shape[1], device=h.device, dtype=h.dtype)
+        hs, cs, acts, ws, ps, kappas, phis = [], [], [], [], [], [], []
+        h0, c0, kappa0, window0 = h, c, kappa, window
+        with torch.autocast(h.device.type, enabled=False):
+            for x_gates in input_gates.unbind(1):
+                z = x_gates + torch.cat([h, window], dim=1).to(matmul_dtype).mm(W).to(h.dtype)
+                z[:, :3 * H].sigmoid_()  # in place: z is a fresh tensor, no copy needed
+                z[:, 3 * H:].tanh_()
+                act = z
+                i, f, o, g = act.chunk(4, dim=1)
+                c = torch.addcmul(f * c, i, g)
+                h = o * torch.tanh(c)
+                p = torch.addmm(window_bias, h, window_weight.t())
+                alpha_hat, beta_hat, kappa_hat = p.chunk(3, dim=1)
+                phi, kappa = window_weights(alpha_hat, beta_hat, kappa_hat, kappa, text_mask)
+                window = torch.bmm(phi.unsqueeze(1), one_hot).squeeze(1)
+                hs.append(h), cs.append(c), acts.append(act), ws.append(window)
+                ps.append(p), kappas.append(kappa), phis.append(phi)
+        hs, ws = torch.stack(hs, 1), torch.stack(ws, 1)
+        ctx.save_for_backward(h0, c0, kappa0, window0, recurrent_weight, window_weight, one_hot, text_mask,
+                              positions, hs, ws, torch.stack(cs), torch.stack(acts), torch.stack(ps),
+                              torch.stack(kappas))
+        ctx.matmul_dtype = matmul_dtype
+        phis = torch.stack(phis, 1)
+        ctx.mark_non_differentiable(phis)
+        return hs, ws, c, kappa, phis
+
+    @staticmethod
+    def backward(ctx, grad_hs, grad_ws, grad_c, grad_kappa, _grad_phis):
+        (h0, c0, kappa0, window0, recurrent_weight, window_weight, one_hot, text_mask, positions,
+         hs, ws, cs, acts, ps, kappas) = ctx.saved_tensors
+        B, T, H = hs.shape
+        K = kappa0.shape[1]
+        mm_dtype = ctx.matmul_dtype
+        W = recurrent_weight.to(mm_dtype)
+        grad_hs = grad_hs if grad_hs is not None else torch.zeros_like(hs)
+        grad_ws = grad_ws if grad_ws is not None else torch.zeros_like(ws)
+        dc = grad_c.clone() if grad_c is not None else torch.zeros_like(c0)
+        dkappa = grad_kappa.clone() if grad_kappa is not None else torch.zeros_like(kappa0)
+        dh_next, dw_next = torch.zeros_like(h0), torch.zeros_like(window0)
+        dz_all, dp_all = [None] * T, [None] * T
+        for t in range(T - 1, -1, -1):
+            # window: w = phi @ one_hot, phi_u = mask_u sum_k alpha_k exp(-beta_k (kappa_k - u)^2)
+            dw = grad_ws[:, t] + dw_next
+            dphi = torch.bmm(one_hot, dw.unsqueeze(2)).squeeze(2) * text_mask  # (B, U)
+            alpha, beta, kappa_step = ps[t].exp().chunk(3, dim=1)
+            distance = kappas[t].unsqueeze(2) - positions  # (B, K, U)
+            terms = alpha.unsqueeze(2) * torch.exp(-beta.unsqueeze(2) * distance ** 2)
+            weighted = dphi.unsqueeze(1) * terms  # dL/dterm * term
+            d_alpha_hat = weighted.sum(2)  # d alpha / d alpha_hat = alpha
+            d_beta_hat = -(weighted * distance ** 2).sum(2) * beta
+            dkappa = dkappa - 2 * (weighted * distance).sum(2) * beta  # kappa_t feeds kappa_{t+1} too
+            dp = torch.cat([d_alpha_hat, d_beta_hat, dkappa * kappa_step], dim=1)
+            dp_all[t] = dp
+            # LSTM cell
+            dh = grad_hs[:, t] + dh_next + dp.mm(window_weight)
+            i, f, o, g = acts[t].chunk(4, dim=1)
+            tanh_c = torch.tanh(cs[t])
+            c_prev = cs[t - 1] if t > 0 else c0
+            dc = dc + dh * o * (1 - tanh_c ** 2)
+            dz = torch.cat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f),
+                            dh * tanh_c * o * (1 - o), dc * i * (1 - g ** 2)], dim=1)
+            dc = dc * f
+            dz_all[t] = dz
+            d_previous = dz.to(mm_dtype).mm(W).to(dz.dtype)
+            dh_next, dw_next = d_previous[:, :H], d_previous[:, H:]
+        dz_all, dp_all = torch.stack(dz_all, 1), torch.stack(dp_all, 1)  # (B, T, 4H), (B, T, 3K)
+        previous = torch.cat([torch.cat([h0.unsqueeze(1), hs[:, :-1]], 1),
+                              torch.cat([window0.unsqueeze(1), ws[:, :-1]], 1)], dim=2)
+        grad_recurrent = dz_all.reshape(B * T, -1).t().to(mm_dtype).mm(
+            previous.reshape(B * T, -1).to(mm_dtype)).to(recurrent_weight.dtype)
+        grad_window_weight = dp_all.reshape(B * T, -1).t().mm(hs.reshape(B * T, H))
+        grad_window_bias = dp_all.sum((0, 1))
+        return (dz_all, dh_next, dc, dkappa, dw_next, grad_recurrent, grad_window_weight, grad_window_bias,
+                None, None, None)
+
+
+def sequence_nll(model, offsets, mask, text=None, text_mask=None):
+    """Teacher-forced NLL of a padded batch.
+
+    offsets (B, T+1, 3): each line's points, the model predicting point t+1 from points <= t;
+    mask (B, T+1): 1 on real points. Returns (total nats over all real predicted points,
+    number of predicted points), so callers can average per point or per sequence.
+    """
+    inputs, targets = offsets[:, :-1], offsets[:, 1:]
+    y, _, _ = model(inputs, text, text_mask)
+    nll = point_nll(split_mixture(y.to(targets.dtype)), targets)  # fp32 loss under bf16 autocast
+    target_mask = mask[:, 1:].to(nll.dtype)
+    return (nll * target_mask).sum(), target_mask.sum()

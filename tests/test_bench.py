@@ -1,0 +1,76 @@
+"""Our restructured synthesis recurrence (fused layer 2, hand-written backward through time for
+layer 1 and the window) computes exactly what the plain cell-by-cell autograd loop computes."""
+import torch
+
+from bench import StraightforwardModel
+from model import HandwritingModel, ModelConfig
+
+
+def copy_weights(ours, plain):
+    """Ours -> the plain model. Our layer 1 orders its gates (i, f, o, g); nn.LSTMCell (i, f, g, o)."""
+    H = ours.config.cell_size
+    to_cell_order = torch.cat([torch.arange(0, 2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)])
+    with torch.no_grad():
+        if ours.config.task == "synthesis":
+            plain.cell1.weight_ih.copy_(torch.cat([ours.layer1_input.weight,
+                                                   ours.layer1_recurrent.weight[:, H:]], dim=1)[to_cell_order])
+            plain.cell1.weight_hh.copy_(ours.layer1_recurrent.weight[:, :H][to_cell_order])
+            plain.cell1.bias_ih.copy_(ours.layer1_input.bias[to_cell_order])
+            plain.cell1.bias_hh.zero_()
+            for name in ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]:
+                getattr(plain.cell2, name).copy_(getattr(ours.layer2, name + "_l0"))
+            plain.window_layer.load_state_dict(ours.window_layer.state_dict())
+        else:
+            plain.layer1.load_state_dict(ours.layer1.state_dict())
+            plain.layer2.load_state_dict(ours.layer2.state_dict())
+        plain.output_layer.load_state_dict(ours.output_layer.state_dict())
+    return to_cell_order
+
+
+def test_ours_matches_the_straightforward_loop_values_and_gradients():
+    torch.manual_seed(0)
+    for task in ["rand_write", "synthesis"]:
+        config = ModelConfig(task=task, cell_size=12, num_clusters=3, K=2, alphabet_size=7)
+        ours, plain = HandwritingModel(config).double(), StraightforwardModel(config).double()
+        with torch.no_grad():  # move the window along so phi is not negligible everywhere
+            for p in ours.parameters():
+                p.mul_(3)
+        to_cell_order = copy_weights(ours, plain)
+        offsets = torch.randn(3, 20, 3, dtype=torch.float64)
+        text = torch.randint(0, 7, (3, 5))
+        text_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.float64)
+        y_ours, _, _ = ours(offsets, text, text_mask)
+        y_plain = plain(offsets, text, text_mask)
+        assert y_ours.shape == y_plain.shape == (3, 20, 6 * 3 + 1)
+        torch.testing.assert_close(y_ours, y_plain, rtol=1e-10, atol=1e-10)
+
+        upstream = torch.randn_like(y_ours)
+        (y_ours * upstream).sum().backward()
+        (y_plain * upstream).sum().backward()
+        torch.testing.assert_close(ours.output_layer.weight.grad, plain.output_layer.weight.grad)
+        if task == "synthesis":
+            H = config.cell_size
+            torch.testing.assert_close(ours.window_layer.weight.grad, plain.window_layer.weight.grad)
+            torch.testing.assert_close(ours.window_layer.bias.grad, plain.window_layer.bias.grad)
+            torch.testing.assert_close(ours.layer1_recurrent.weight.grad[:, :H][to_cell_order],
+                                       plain.cell1.weight_hh.grad)
+            torch.testing.assert_close(ours.layer1_recurrent.weight.grad[:, H:][to_cell_order],
+                                       plain.cell1.weight_ih.grad[:, 3:])
+            torch.testing.assert_close(ours.layer1_input.weight.grad[to_cell_order], plain.cell1.weight_ih.grad[:, :3])
+            torch.testing.assert_close(ours.layer1_input.bias.grad[to_cell_order], plain.cell1.bias_hh.grad)
+            torch.testing.assert_close(ours.layer2.weight_hh_l0.grad, plain.cell2.weight_hh.grad)
+
+
+def test_windowed_lstm_gradcheck():
+    """Every input of the hand-written backward, against finite differences, with a nonzero start state."""
+    from model import WindowedLSTM
+    torch.manual_seed(1)
+    B, T, H, K, U, A = 2, 4, 3, 2, 4, 5
+    d = dict(dtype=torch.float64, requires_grad=True)
+    inputs = (torch.randn(B, T, 4 * H, **d), torch.randn(B, H, **d), torch.randn(B, H, **d),
+              torch.rand(B, K, **d), torch.rand(B, A, **d), torch.randn(4 * H, H + A, **d),
+              torch.randn(3 * K, H, **d), torch.randn(3 * K, **d))
+    one_hot = torch.nn.functional.one_hot(torch.randint(0, A, (B, U)), A).double()
+    text_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.float64)
+    fn = lambda *x: WindowedLSTM.apply(*x, one_hot, text_mask, torch.float64)[:4]
+    assert torch.autograd.gradcheck(fn, inputs)

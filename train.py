@@ -1,0 +1,248 @@
+"""Train the unconditional (rand_write) or text-conditioned (synthesis) handwriting model.
+
+    python train.py --task rand_write
+    python train.py --task synthesis
+    python train.py --task synthesis --resume      # continue a killed run where it stopped
+
+Reads data/train.npz and data/validation.npz (made by data_preprocessing.py); writes to save/:
+    <task>_last.pt    every epoch and every --save_every steps (everything needed to resume)
+    <task>_best.pt    the epoch with the lowest validation NLL
+    <task>_log.csv    train / validation NLL per epoch
+    <task>_loss.png   the loss curves
+"""
+import argparse
+import csv
+import math
+import os
+import random
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import utils
+from model import HandwritingModel, ModelConfig, sequence_nll
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=["rand_write", "synthesis"], default="rand_write")
+    p.add_argument("--cell_size", type=int, default=400, help="LSTM units per layer")
+    p.add_argument("--batch_size", type=int, default=50)
+    p.add_argument("--timesteps", type=int, default=800,
+                   help="training sequence length; longer lines are truncated to their first "
+                        "TIMESTEPS predicted points (validation always uses whole lines)")
+    p.add_argument("--num_epochs", type=int, default=50)
+    p.add_argument("--learning_rate", type=float, default=8e-4)
+    p.add_argument("--decay_rate", type=float, default=0.99, help="learning-rate factor per epoch")
+    p.add_argument("--num_clusters", type=int, default=20, help="Gaussians in the output mixture")
+    p.add_argument("--K", type=int, default=10, help="Gaussians in the attention window")
+    p.add_argument("--model_dir", default="save")
+    p.add_argument("--data_dir", default="data", help="folder with train.npz and validation.npz")
+    p.add_argument("--grad_clip", type=float, default=10.0,
+                   help="clip the global gradient norm of the per-point loss to this (0: off)")
+    p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/<task>_last.pt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="bf16 autocast for the matrix products (auto: on where the hardware "
+                        "supports it); the loss is always computed in fp32")
+    p.add_argument("--save_every", type=int, default=100, help="also checkpoint every N steps")
+    p.add_argument("--max_steps", type=int, default=0, help="stop after N optimizer steps (0: no limit)")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- batches
+
+def make_batches(lengths, batch_size, rng=None):
+    """Group line indices into batches of similar length, so little of a batch is padding.
+
+    With an rng (training), lines are shuffled, sorted by length within pools of 50 batches
+    and the batches shuffled: batches differ every epoch but stay nearly padding-free.
+    """
+    order = np.argsort(lengths, kind="stable")
+    if rng is None:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    shuffled = rng.permutation(len(lengths))
+    pool = 50 * batch_size
+    batches = []
+    for start in range(0, len(shuffled), pool):
+        chunk = shuffled[start:start + pool]
+        chunk = chunk[np.argsort(np.asarray(lengths)[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def collate(data, indices, max_points=None, device="cpu"):
+    """Pad the chosen lines into tensors: offsets (B, T, 3), mask (B, T), text (B, U), text_mask (B, U).
+
+    max_points cuts each line to its first max_points points (max_points - 1 predictions).
+    """
+    lines = [data.offsets[i][:max_points] for i in indices]
+    texts = [data.text_codes[i] for i in indices]
+    T, U = max(len(x) for x in lines), max(max(len(c) for c in texts), 1)
+    offsets = np.zeros((len(lines), T, 3), np.float32)
+    mask = np.zeros((len(lines), T), np.float32)
+    text = np.zeros((len(lines), U), np.int64)
+    text_mask = np.zeros((len(lines), U), np.float32)
+    for b, (x, c) in enumerate(zip(lines, texts)):
+        offsets[b, :len(x)], mask[b, :len(x)] = x, 1
+        text[b, :len(c)], text_mask[b, :len(c)] = c, 1
+    to = lambda a: torch.from_numpy(a).to(device)
+    return to(offsets), to(mask), to(text), to(text_mask)
+
+
+def autocast(device, precision):
+    """The bf16 autocast context for `precision` ("auto" picks bf16 where the hardware has it)."""
+    device_type = torch.device(device).type
+    if precision == "auto":
+        if device_type == "cuda":
+            use_bf16 = torch.cuda.is_bf16_supported()
+        else:
+            use_bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    else:
+        use_bf16 = precision == "bf16"
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+@torch.no_grad()
+def evaluate(model, data, batch_size, device, precision):
+    """NLL of whole lines, in eval mode: (nats per sequence, nats per point)."""
+    model.eval()
+    total, points = 0.0, 0.0
+    for indices in make_batches([len(x) for x in data.offsets], batch_size):
+        offsets, mask, text, text_mask = collate(data, indices, device=device)
+        with autocast(device, precision):
+            nll, count = sequence_nll(model, offsets, mask, text, text_mask)
+        total, points = total + nll.item(), points + count.item()
+    model.train()
+    return total / len(data), total / points
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path, model, optimizer, progress, data, args):
+    """Everything to resume exactly (weights, optimizer, position, RNG) and to generate without the data."""
+    checkpoint = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "config": asdict(model.config),
+        "alphabet": data.alphabet,
+        "offset_mean": data.offset_mean.tolist(),
+        "offset_std": data.offset_std.tolist(),
+        "args": vars(args),
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        **progress,
+    }
+    with utils.atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def log_epoch(args, history):
+    with utils.atomic_path(os.path.join(args.model_dir, f"{args.task}_log.csv")) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+    utils.plot_loss_curves(history, os.path.join(args.model_dir, f"{args.task}_loss.png"), title=args.task)
+
+
+# ----------------------------------------------------------------------------- training
+
+def train(args):
+    os.makedirs(args.model_dir, exist_ok=True)
+    train_data = utils.load_data(os.path.join(args.data_dir, "train.npz"))
+    valid_data = utils.load_data(os.path.join(args.data_dir, "validation.npz"))
+    last_path = os.path.join(args.model_dir, f"{args.task}_last.pt")
+    best_path = os.path.join(args.model_dir, f"{args.task}_best.pt")
+
+    config = ModelConfig(task=args.task, cell_size=args.cell_size, num_clusters=args.num_clusters,
+                         K=args.K, alphabet_size=len(train_data.alphabet))
+    torch.manual_seed(args.seed)
+    model = HandwritingModel(config).to(args.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+    progress = {"epoch": 0, "step_in_epoch": 0, "step": 0, "history": [], "best_validation": math.inf}
+
+    if args.resume:
+        if not os.path.exists(last_path):
+            raise SystemExit(f"--resume: no checkpoint at {last_path}; start without --resume.")
+        checkpoint = torch.load(last_path, map_location=args.device, weights_only=False)
+        if checkpoint["config"] != asdict(config):
+            raise SystemExit(f"--resume: {last_path} holds a model with {checkpoint['config']}, "
+                             f"not {asdict(config)}; use the same options or another --model_dir.")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        progress = {k: checkpoint[k] for k in progress}
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        np.random.set_state(checkpoint["rng"]["numpy"])
+        random.setstate(checkpoint["rng"]["python"])
+        print(f"resumed {last_path}: epoch {progress['epoch'] + 1}, step {progress['step']}")
+
+    lengths = [len(x) for x in train_data.offsets]
+    print(f"{args.task}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+          f"{len(train_data)} training / {len(valid_data)} validation lines, device {args.device}")
+    bad_steps = 0
+    for epoch in range(progress["epoch"], args.num_epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = args.learning_rate * args.decay_rate ** epoch
+        # the batch order is a function of (seed, epoch), so a resumed run sees the same batches
+        batches = make_batches(lengths, args.batch_size, np.random.default_rng([args.seed, epoch]))
+        epoch_nll, epoch_points, epoch_lines, started = 0.0, 0.0, 0, time.time()
+        bar = tqdm(batches, initial=progress["step_in_epoch"], desc=f"epoch {epoch + 1}/{args.num_epochs}")
+        for indices in batches[progress["step_in_epoch"]:]:
+            offsets, mask, text, text_mask = collate(train_data, indices, args.timesteps + 1, args.device)
+            with autocast(args.device, args.precision):
+                nll, count = sequence_nll(model, offsets, mask, text, text_mask)
+            optimizer.zero_grad(set_to_none=True)
+            (nll / count).backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or math.inf)
+            if not (torch.isfinite(nll) and torch.isfinite(grad_norm)):
+                # a non-finite step would poison the weights and Adam's moments: skip it
+                bad_steps += 1
+                tqdm.write(f"step {progress['step']}: non-finite loss or gradient, step skipped")
+                if bad_steps >= 10:
+                    raise SystemExit(f"10 non-finite steps in a row; stopping. The last good "
+                                     f"checkpoint is {last_path}. Try a lower --learning_rate.")
+            else:
+                bad_steps = 0
+                optimizer.step()
+                epoch_nll, epoch_points, epoch_lines = epoch_nll + nll.item(), epoch_points + count.item(), epoch_lines + len(indices)
+            progress["step"] += 1
+            progress["step_in_epoch"] += 1
+            bar.update(1)
+            bar.set_postfix(nats_per_point=f"{nll.item() / count.item():.3f}",
+                            points_per_s=f"{epoch_points / (time.time() - started):.0f}")
+            if progress["step"] % args.save_every == 0:
+                save_checkpoint(last_path, model, optimizer, progress, train_data, args)
+            if args.max_steps and progress["step"] >= args.max_steps:
+                save_checkpoint(last_path, model, optimizer, progress, train_data, args)
+                bar.close()
+                print(f"stopped after --max_steps {args.max_steps}")
+                return model, progress
+        bar.close()
+
+        valid_seq, valid_point = evaluate(model, valid_data, args.batch_size, args.device, args.precision)
+        record = {"epoch": epoch + 1, "step": progress["step"],
+                  "learning_rate": optimizer.param_groups[0]["lr"],
+                  # training figures are over the (truncated) training windows of this epoch
+                  "train_nats_per_sequence": epoch_nll / max(epoch_lines, 1),
+                  "train_nats_per_point": epoch_nll / max(epoch_points, 1),
+                  "validation_nats_per_sequence": valid_seq, "validation_nats_per_point": valid_point,
+                  "seconds": round(time.time() - started, 1)}
+        progress["history"].append(record)
+        progress["epoch"], progress["step_in_epoch"] = epoch + 1, 0
+        print(f"epoch {epoch + 1}: train {record['train_nats_per_sequence']:.1f} nats/seq "
+              f"({record['train_nats_per_point']:.4f}/point), validation {valid_seq:.1f} nats/seq "
+              f"({valid_point:.4f}/point)")
+        if valid_seq < progress["best_validation"]:
+            progress["best_validation"] = valid_seq
+            save_checkpoint(best_path, model, optimizer, progress, train_data, args)
+        save_checkpoint(last_path, model, optimizer, progress, train_data, args)
+        log_epoch(args, progress["history"])
+    return model, progress
+
+
+if __name__ == "__main__":
+    train(parse_args())
