@@ -153,7 +153,7 @@ def compare_loss(config, data, args):
         model = HandwritingModel(config)
         run(model, batches(data, args.batch_size, args.timesteps, np.random.default_rng(0)),
             sequence_nll, args.compare_loss, precision, warmup=0)
-        per_sequence, per_point = evaluate(model, valid, args.batch_size, "cpu", "fp32")
+        per_sequence, per_point = evaluate(model, valid, args.batch_size, "cpu")
         print(f"{config.task:10s} {name:22s} after {args.compare_loss} steps: validation "
               f"{per_sequence:.1f} nats/seq, {per_point:.4f} nats/point (fp32 evaluation)")
 

@@ -108,14 +108,14 @@ def autocast(device, precision):
 
 
 @torch.no_grad()
-def evaluate(model, data, batch_size, device, precision):
-    """NLL of whole lines, in eval mode: (nats per sequence, nats per point)."""
+def evaluate(model, data, batch_size, device):
+    """NLL of whole lines, in eval mode and fp32 whatever the training precision:
+    (nats per sequence, nats per point)."""
     model.eval()
     total, points = 0.0, 0.0
     for indices in make_batches([len(x) for x in data.offsets], batch_size):
         offsets, mask, text, text_mask = collate(data, indices, device=device)
-        with autocast(device, precision):
-            nll, count = sequence_nll(model, offsets, mask, text, text_mask)
+        nll, count = sequence_nll(model, offsets, mask, text, text_mask)
         total, points = total + nll.item(), points + count.item()
     model.train()
     return total / len(data), total / points
@@ -155,6 +155,9 @@ def train(args):
     os.makedirs(args.model_dir, exist_ok=True)
     train_data = utils.load_data(os.path.join(args.data_dir, "train.npz"))
     valid_data = utils.load_data(os.path.join(args.data_dir, "validation.npz"))
+    if len(train_data) == 0 or len(valid_data) == 0:
+        raise SystemExit(f"{args.data_dir}: the training or validation split is empty; "
+                         "rerun data_preprocessing.py.")
     last_path = os.path.join(args.model_dir, f"{args.task}_last.pt")
     best_path = os.path.join(args.model_dir, f"{args.task}_best.pt")
 
@@ -163,7 +166,8 @@ def train(args):
     torch.manual_seed(args.seed)
     model = HandwritingModel(config).to(args.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
-    progress = {"epoch": 0, "step_in_epoch": 0, "step": 0, "history": [], "best_validation": math.inf}
+    progress = {"epoch": 0, "step_in_epoch": 0, "step": 0, "history": [], "best_validation": math.inf,
+                "epoch_nll": 0.0, "epoch_points": 0.0, "epoch_lines": 0}
 
     if args.resume:
         if not os.path.exists(last_path):
@@ -174,7 +178,7 @@ def train(args):
                              f"not {asdict(config)}; use the same options or another --model_dir.")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        progress = {k: checkpoint[k] for k in progress}
+        progress = {k: checkpoint.get(k, v) for k, v in progress.items()}
         torch.set_rng_state(checkpoint["rng"]["torch"])
         np.random.set_state(checkpoint["rng"]["numpy"])
         random.setstate(checkpoint["rng"]["python"])
@@ -184,12 +188,15 @@ def train(args):
     print(f"{args.task}: {sum(p.numel() for p in model.parameters()):,} parameters, "
           f"{len(train_data)} training / {len(valid_data)} validation lines, device {args.device}")
     bad_steps = 0
+    if args.max_steps and progress["step"] >= args.max_steps:
+        print(f"already at step {progress['step']} >= --max_steps {args.max_steps}; nothing to do")
+        return model, progress
     for epoch in range(progress["epoch"], args.num_epochs):
         for group in optimizer.param_groups:
             group["lr"] = args.learning_rate * args.decay_rate ** epoch
         # the batch order is a function of (seed, epoch), so a resumed run sees the same batches
         batches = make_batches(lengths, args.batch_size, np.random.default_rng([args.seed, epoch]))
-        epoch_nll, epoch_points, epoch_lines, started = 0.0, 0.0, 0, time.time()
+        started, points_this_run = time.time(), 0.0
         bar = tqdm(batches, initial=progress["step_in_epoch"], desc=f"epoch {epoch + 1}/{args.num_epochs}")
         for indices in batches[progress["step_in_epoch"]:]:
             offsets, mask, text, text_mask = collate(train_data, indices, args.timesteps + 1, args.device)
@@ -208,12 +215,15 @@ def train(args):
             else:
                 bad_steps = 0
                 optimizer.step()
-                epoch_nll, epoch_points, epoch_lines = epoch_nll + nll.item(), epoch_points + count.item(), epoch_lines + len(indices)
+                progress["epoch_nll"] += nll.item()
+                progress["epoch_points"] += count.item()
+                progress["epoch_lines"] += len(indices)
+                points_this_run += count.item()
             progress["step"] += 1
             progress["step_in_epoch"] += 1
             bar.update(1)
             bar.set_postfix(nats_per_point=f"{nll.item() / count.item():.3f}",
-                            points_per_s=f"{epoch_points / (time.time() - started):.0f}")
+                            points_per_s=f"{points_this_run / (time.time() - started):.0f}")
             if progress["step"] % args.save_every == 0:
                 save_checkpoint(last_path, model, optimizer, progress, train_data, args)
             if args.max_steps and progress["step"] >= args.max_steps:
@@ -223,16 +233,17 @@ def train(args):
                 return model, progress
         bar.close()
 
-        valid_seq, valid_point = evaluate(model, valid_data, args.batch_size, args.device, args.precision)
+        valid_seq, valid_point = evaluate(model, valid_data, args.batch_size, args.device)
         record = {"epoch": epoch + 1, "step": progress["step"],
                   "learning_rate": optimizer.param_groups[0]["lr"],
                   # training figures are over the (truncated) training windows of this epoch
-                  "train_nats_per_sequence": epoch_nll / max(epoch_lines, 1),
-                  "train_nats_per_point": epoch_nll / max(epoch_points, 1),
+                  "train_nats_per_sequence": progress["epoch_nll"] / max(progress["epoch_lines"], 1),
+                  "train_nats_per_point": progress["epoch_nll"] / max(progress["epoch_points"], 1),
                   "validation_nats_per_sequence": valid_seq, "validation_nats_per_point": valid_point,
                   "seconds": round(time.time() - started, 1)}
         progress["history"].append(record)
         progress["epoch"], progress["step_in_epoch"] = epoch + 1, 0
+        progress["epoch_nll"], progress["epoch_points"], progress["epoch_lines"] = 0.0, 0.0, 0
         print(f"epoch {epoch + 1}: train {record['train_nats_per_sequence']:.1f} nats/seq "
               f"({record['train_nats_per_point']:.4f}/point), validation {valid_seq:.1f} nats/seq "
               f"({valid_point:.4f}/point)")

@@ -1,0 +1,373 @@
+"""Tests for train.py (and utils.load_checkpoint): batching, padding, learning, checkpoints, resume.
+
+Training runs use the synthetic lines of tests/fixtures.py (32 training lines, batch 8: 4 steps
+per epoch) and a tiny model on the CPU in fp32, so every run takes well under a second or two.
+"""
+import csv
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import train
+import utils
+from fixtures import TINY_MODEL, make_handwriting_data, write_data_dir
+from model import HandwritingModel, ModelConfig, sequence_nll
+
+STEPS_PER_EPOCH = 4  # 32 training lines / batch 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny tensors on a shared 2-core machine: one thread is several times faster
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_data_dir(tmp_path_factory.mktemp("data"))
+
+
+def run(data_dir, model_dir, task="rand_write", *extra):
+    args = train.parse_args(["--task", task, "--data_dir", data_dir, "--model_dir", str(model_dir),
+                             "--device", "cpu", "--precision", "fp32", "--learning_rate", "1e-2",
+                             *TINY_MODEL, *extra])
+    return train.train(args)
+
+
+def same_weights(a, b):
+    a, b = (m.state_dict() if hasattr(m, "state_dict") else m for m in (a, b))
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------- batches
+
+def padded_size(batches, lengths):
+    return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+
+def test_make_batches_without_rng():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 100, 537)
+    batches = train.make_batches(lengths, 8)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(537))
+    assert [len(b) for b in batches] == [8] * 67 + [1]
+    assert np.all(np.diff(lengths[flat]) >= 0)  # globally sorted: minimal padding
+
+
+def test_make_batches_with_rng():
+    lengths = np.random.default_rng(0).integers(1, 100, 537)
+    total = int(lengths.sum())
+    batches = train.make_batches(lengths, 8, np.random.default_rng(1))
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(537))  # every line exactly once
+    sizes = [len(b) for b in batches]
+    assert max(sizes) == 8
+    # pools of 50 batches: 400 + 137 lines -> 50 + 18 batches, at most one short batch per pool
+    assert len(batches) == 50 + 18 and sum(s < 8 for s in sizes) <= 2
+    for b in batches:
+        assert np.all(np.diff(lengths[b]) >= 0)  # sorted within each batch
+    # nearly padding-free, far less than batches of random lines
+    random_batches = [p[i:i + 8] for p in [np.random.default_rng(2).permutation(537)] for i in range(0, 537, 8)]
+    assert padded_size(batches, lengths) < 1.1 * total
+    assert padded_size(random_batches, lengths) > 1.4 * total
+    # deterministic in the seed, different across seeds / epochs
+    again = train.make_batches(lengths, 8, np.random.default_rng(1))
+    assert len(again) == len(batches) and all(np.array_equal(a, b) for a, b in zip(again, batches))
+    other = train.make_batches(lengths, 8, np.random.default_rng([0, 1]))
+    assert not all(np.array_equal(a, b) for a, b in zip(other, batches))
+
+
+def test_make_batches_small_set():
+    batches = train.make_batches([5, 3, 9], 2, np.random.default_rng(0))
+    assert sorted(np.concatenate(batches).tolist()) == [0, 1, 2]
+    assert sorted(len(b) for b in batches) == [1, 2]
+
+
+# ----------------------------------------------------------------------------- collate
+
+def hand_data():
+    offsets = [np.array([[0, 1, 2], [1, 3, 4]], np.float32),
+               np.array([[0, 5, 6], [0, 7, 8], [1, 9, 10], [0, 11, 12]], np.float32),
+               np.array([[1, -1, -2], [0, -3, -4], [1, -5, -6]], np.float32)]
+    codes = [np.array([3], np.int64), np.array([4, 5, 6], np.int64), np.array([], np.int64)]
+    return utils.HandwritingData(offsets, codes, ["a", "bcd", ""], ["l0", "l1", "l2"], "abcdefg",
+                                 np.zeros(2, np.float32), np.ones(2, np.float32))
+
+
+def test_collate_exact():
+    offsets, mask, text, text_mask = train.collate(hand_data(), [2, 0, 1])
+    expected = np.array([[[1, -1, -2], [0, -3, -4], [1, -5, -6], [0, 0, 0]],
+                         [[0, 1, 2], [1, 3, 4], [0, 0, 0], [0, 0, 0]],
+                         [[0, 5, 6], [0, 7, 8], [1, 9, 10], [0, 11, 12]]], np.float32)
+    assert offsets.dtype == torch.float32 and mask.dtype == torch.float32
+    assert text.dtype == torch.int64 and text_mask.dtype == torch.float32
+    np.testing.assert_array_equal(offsets.numpy(), expected)
+    np.testing.assert_array_equal(mask.numpy(), [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
+    np.testing.assert_array_equal(text.numpy(), [[0, 0, 0], [3, 0, 0], [4, 5, 6]])
+    np.testing.assert_array_equal(text_mask.numpy(), [[0, 0, 0], [1, 0, 0], [1, 1, 1]])
+
+
+def test_collate_truncates_to_max_points():
+    offsets, mask, text, text_mask = train.collate(hand_data(), [1, 0], max_points=3)
+    np.testing.assert_array_equal(offsets.numpy(), [[[0, 5, 6], [0, 7, 8], [1, 9, 10]],
+                                                    [[0, 1, 2], [1, 3, 4], [0, 0, 0]]])
+    np.testing.assert_array_equal(mask.numpy(), [[1, 1, 1], [1, 1, 0]])
+    np.testing.assert_array_equal(text.numpy(), [[4, 5, 6], [3, 0, 0]])  # text is never cut
+
+
+def test_collate_empty_text_only():
+    _, _, text, text_mask = train.collate(hand_data(), [2])
+    assert text.shape == (1, 1) and text_mask.sum() == 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+def test_evaluate_equals_lines_one_by_one():
+    data = make_handwriting_data(7, seed=3)
+    torch.manual_seed(0)
+    model = HandwritingModel(ModelConfig(task="synthesis", cell_size=16, num_clusters=3, K=2,
+                                         alphabet_size=len(data.alphabet)))
+    per_seq, per_point = train.evaluate(model, data, 3, "cpu")
+    total, points = 0.0, 0
+    with torch.no_grad():
+        for x, c in zip(data.offsets, data.text_codes):
+            nll, count = sequence_nll(model, torch.from_numpy(x)[None], torch.ones(1, len(x)),
+                                      torch.from_numpy(c)[None], torch.ones(1, len(c)))
+            total, points = total + nll.item(), points + count.item()
+    assert points == sum(len(x) - 1 for x in data.offsets)
+    assert per_seq == pytest.approx(total / 7, rel=1e-5)
+    assert per_point == pytest.approx(total / points, rel=1e-5)
+    assert model.training  # evaluate restores training mode
+
+
+# ----------------------------------------------------------------------------- learning
+
+@pytest.mark.parametrize("task", ["rand_write", "synthesis"])
+def test_training_learns(tmp_path, data_dir, task):
+    # The lines are points on the unit circle (+ noise 0.1) advancing 0.8 rad per point, with a pen
+    # lift every 8th point. A model that ignores the sequence can do no better than the entropy of
+    # one point: ring log(2 pi) + radial noise 0.5 log(2 pi e 0.1^2) + lift H(1/8)
+    # = 1.84 - 0.88 + 0.38 = 1.33 nats. After 8 epochs (32 steps) the validation NLL must be well
+    # below that (it reaches about -0.9), i.e. the model has learnt the rhythm from the context.
+    floor_iid = math.log(2 * math.pi) + 0.5 * math.log(2 * math.pi * math.e * 0.01) \
+        - (1 / 8 * math.log(1 / 8) + 7 / 8 * math.log(7 / 8))
+    _, progress = run(data_dir, tmp_path, task, "--num_epochs", "8")
+    history = progress["history"]
+    assert len(history) == 8
+    first, last = history[0], history[-1]
+    assert first["validation_nats_per_point"] > 2.0  # untrained: about N(0, 1) guesses
+    assert last["validation_nats_per_point"] < floor_iid - 0.8
+    assert last["train_nats_per_point"] < first["train_nats_per_point"] - 2.0
+    assert all(np.isfinite(r["validation_nats_per_sequence"]) for r in history)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def test_checkpoint_round_trip(tmp_path, data_dir):
+    model, progress = run(data_dir, tmp_path, "synthesis", "--num_epochs", "2")
+    path = os.path.join(tmp_path, "synthesis_last.pt")
+    loaded, checkpoint = utils.load_checkpoint(path, "cpu")
+    assert not loaded.training
+    assert same_weights(loaded, model)
+    data = utils.load_data(os.path.join(data_dir, "train.npz"))
+    assert checkpoint["config"] == {"task": "synthesis", "cell_size": 16, "num_clusters": 3, "K": 2,
+                                    "alphabet_size": len(utils.ALPHABET)}
+    assert checkpoint["alphabet"] == data.alphabet == utils.ALPHABET
+    np.testing.assert_allclose(checkpoint["offset_mean"], [0.5, -0.2], rtol=1e-6)  # fixture values
+    np.testing.assert_allclose(checkpoint["offset_std"], [2.0, 3.0], rtol=1e-6)
+    assert checkpoint["epoch"] == 2 and checkpoint["step"] == 2 * STEPS_PER_EPOCH
+    offsets, mask, text, text_mask = train.collate(data, [0, 5, 9])
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(offsets, text, text_mask)[0], model(offsets, text, text_mask)[0])
+    # best checkpoint: the epoch with the lowest validation NLL
+    best = torch.load(os.path.join(tmp_path, "synthesis_best.pt"), map_location="cpu", weights_only=False)
+    valid = [r["validation_nats_per_sequence"] for r in progress["history"]]
+    assert best["epoch"] == 1 + int(np.argmin(valid))
+    assert best["best_validation"] == min(valid)
+    with pytest.raises(FileNotFoundError):
+        utils.load_checkpoint(os.path.join(tmp_path, "missing.pt"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_checkpoint_cuda_to_cpu_and_back(tmp_path, data_dir):
+    model, _ = run(data_dir, tmp_path, "rand_write", "--num_epochs", "1", "--device", "cuda")
+    path = os.path.join(tmp_path, "rand_write_last.pt")
+    on_cpu, _ = utils.load_checkpoint(path, "cpu")
+    assert all(p.device.type == "cpu" for p in on_cpu.parameters())
+    assert same_weights(on_cpu, {k: v.cpu() for k, v in model.state_dict().items()})
+    on_gpu, _ = utils.load_checkpoint(path, "cuda")
+    assert all(p.device.type == "cuda" for p in on_gpu.parameters())
+
+
+# ----------------------------------------------------------------------------- resume
+
+@pytest.mark.parametrize("task, total, split", [
+    ("rand_write", 6, 2),   # stop mid-epoch 1, resume inside it
+    ("rand_write", 6, 3),   # stop mid-epoch 1, resume across the epoch boundary
+    ("rand_write", 6, 4),   # stop exactly at the end of epoch 1 (before its validation)
+    ("synthesis", 6, 3),
+])
+def test_resume_is_exact(tmp_path, data_dir, task, total, split):
+    common = [task, "--num_epochs", "3", "--decay_rate", "0.5", "--save_every", "100"]
+    straight, _ = run(data_dir, tmp_path / "straight", *common, "--max_steps", str(total))
+    run(data_dir, tmp_path / "split", *common, "--max_steps", str(split))
+    first = torch.load(tmp_path / "split" / f"{task}_last.pt", weights_only=False)
+    assert first["step"] == split
+    resumed, progress = run(data_dir, tmp_path / "split", *common, "--max_steps", str(total), "--resume")
+    assert progress["step"] == total
+    assert same_weights(straight, resumed)
+    a = torch.load(tmp_path / "straight" / f"{task}_last.pt", weights_only=False)
+    b = torch.load(tmp_path / "split" / f"{task}_last.pt", weights_only=False)
+    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]
+    for k, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][k][name])
+    assert (a["epoch"], a["step_in_epoch"], a["step"]) == (b["epoch"], b["step_in_epoch"], b["step"])
+
+
+def test_resume_after_a_crash_from_the_periodic_checkpoint(tmp_path, data_dir, monkeypatch):
+    # the run crashes in step 4 (mid-epoch 1); its last checkpoint is the --save_every one of
+    # step 2, and resuming from it ends with the weights of an uninterrupted run
+    common = ["--num_epochs", "2", "--save_every", "2"]
+    straight, _ = run(data_dir, tmp_path / "a", "rand_write", *common)
+    real, calls = train.sequence_nll, []
+
+    def crash_in_step_4(model, *args, **kwargs):
+        calls.append(model.training)
+        if sum(calls) == 4:
+            raise KeyboardInterrupt
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(train, "sequence_nll", crash_in_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        run(data_dir, tmp_path / "b", "rand_write", *common)
+    monkeypatch.setattr(train, "sequence_nll", real)
+    checkpoint = torch.load(tmp_path / "b" / "rand_write_last.pt", weights_only=False)
+    assert (checkpoint["step"], checkpoint["step_in_epoch"], checkpoint["epoch"]) == (2, 2, 0)
+    resumed, _ = run(data_dir, tmp_path / "b", "rand_write", *common, "--resume")
+    assert same_weights(straight, resumed)
+
+
+@pytest.mark.parametrize("split", [2, 4])
+def test_resumed_history_equals_uninterrupted(tmp_path, data_dir, split):
+    common = ["rand_write", "--num_epochs", "2"]
+    _, straight = run(data_dir, tmp_path / "a", *common)
+    run(data_dir, tmp_path / "b", *common, "--max_steps", str(split))
+    _, resumed = run(data_dir, tmp_path / "b", *common, "--resume")
+    for a, b in zip(straight["history"], resumed["history"]):
+        for key in ["train_nats_per_sequence", "train_nats_per_point", "validation_nats_per_point"]:
+            assert b[key] == pytest.approx(a[key], rel=1e-6), key
+
+
+def test_resume_without_checkpoint(tmp_path, data_dir):
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        run(data_dir, tmp_path, "rand_write", "--resume")
+
+
+def test_resume_with_other_model_options(tmp_path, data_dir):
+    run(data_dir, tmp_path, "rand_write", "--max_steps", "1")
+    with pytest.raises(SystemExit, match="--resume") as e:
+        run(data_dir, tmp_path, "rand_write", "--resume", "--cell_size", "8")
+    assert "cell_size" in str(e.value)
+
+
+# ----------------------------------------------------------------------------- learning rate, logs
+
+def test_learning_rate_decays_per_epoch_and_logs(tmp_path, data_dir):
+    _, progress = run(data_dir, tmp_path, "rand_write", "--num_epochs", "3", "--decay_rate", "0.5")
+    rows = read_csv(tmp_path / "rand_write_log.csv")
+    assert list(rows[0]) == ["epoch", "step", "learning_rate", "train_nats_per_sequence",
+                             "train_nats_per_point", "validation_nats_per_sequence",
+                             "validation_nats_per_point", "seconds"]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [int(r["step"]) for r in rows] == [4, 8, 12]
+    # epoch e (counting from 1) trains at learning_rate * decay_rate ** (e - 1)
+    np.testing.assert_allclose([float(r["learning_rate"]) for r in rows], [1e-2, 5e-3, 2.5e-3], rtol=1e-12)
+    last = torch.load(tmp_path / "rand_write_last.pt", weights_only=False)
+    assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(2.5e-3, rel=1e-12)
+    for r, h in zip(rows, progress["history"]):
+        assert float(r["validation_nats_per_point"]) == pytest.approx(h["validation_nats_per_point"])
+        assert np.isfinite(float(r["train_nats_per_point"]))
+    with open(tmp_path / "rand_write_loss.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_learning_rate_reaches_adam(tmp_path, data_dir):
+    # Adam's first update is lr * g / (|g| + eps) per coordinate: exactly lr in size wherever the
+    # gradient is not tiny, so the largest move of any weight in step 1 is --learning_rate
+    moves = []
+    for lr in ["1e-2", "1e-3"]:
+        torch.manual_seed(0)
+        config = ModelConfig(task="rand_write", cell_size=16, num_clusters=3, K=2, alphabet_size=len(utils.ALPHABET))
+        start = HandwritingModel(config).state_dict()
+        model, _ = run(data_dir, tmp_path / lr, "rand_write", "--max_steps", "1", "--learning_rate", lr)
+        moves.append(max((model.state_dict()[k] - start[k]).abs().max().item() for k in start))
+    assert moves[0] == pytest.approx(1e-2, rel=1e-3) and moves[1] == pytest.approx(1e-3, rel=1e-3)
+
+
+# ----------------------------------------------------------------------------- non-finite steps
+
+def nan_on_training_calls(monkeypatch, bad_calls):
+    """Make train's sequence_nll return nan on the given (1-based) training calls."""
+    real, calls = train.sequence_nll, []
+
+    def patched(model, *args, **kwargs):
+        nll, count = real(model, *args, **kwargs)
+        if model.training:
+            calls.append(1)
+            if len(calls) in bad_calls:
+                nll = nll * float("nan")
+        return nll, count
+
+    monkeypatch.setattr(train, "sequence_nll", patched)
+    return calls
+
+
+def test_non_finite_step_is_skipped(tmp_path, data_dir, monkeypatch):
+    clean, _ = run(data_dir, tmp_path / "clean", "rand_write", "--max_steps", "2")
+    clean_opt = torch.load(tmp_path / "clean" / "rand_write_last.pt", weights_only=False)["optimizer"]
+    nan_on_training_calls(monkeypatch, {3})
+    skipped, progress = run(data_dir, tmp_path / "skip", "rand_write", "--max_steps", "3")
+    assert progress["step"] == 3
+    assert same_weights(clean, skipped)  # step 3 changed nothing ...
+    opt = torch.load(tmp_path / "skip" / "rand_write_last.pt", weights_only=False)["optimizer"]
+    for k, state in clean_opt["state"].items():  # ... not even Adam's moments or step count
+        for name, value in state.items():
+            assert torch.equal(value, opt["state"][k][name])
+    # ... and training goes on after it, with the epoch's figures from the good steps only
+    nan_on_training_calls(monkeypatch, {3})
+    model, progress = run(data_dir, tmp_path / "goes_on", "rand_write", "--num_epochs", "1")
+    assert not same_weights(model, skipped)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert np.isfinite(progress["history"][0]["train_nats_per_point"])
+
+
+def test_ten_non_finite_steps_stop_training(tmp_path, data_dir, monkeypatch):
+    clean, _ = run(data_dir, tmp_path / "clean", "rand_write", "--max_steps", "2")
+    calls = nan_on_training_calls(monkeypatch, set(range(3, 100)))
+    with pytest.raises(SystemExit, match="10 non-finite steps"):
+        run(data_dir, tmp_path / "bad", "rand_write", "--num_epochs", "10", "--save_every", "2")
+    assert len(calls) == 12  # 2 good steps, then exactly 10 bad ones
+    loaded, checkpoint = utils.load_checkpoint(tmp_path / "bad" / "rand_write_last.pt")
+    assert same_weights(loaded, clean)  # the weights after the last good step
+    assert all(torch.isfinite(p).all() for p in loaded.parameters())
+
+
+def test_nine_non_finite_steps_do_not_stop_training(tmp_path, data_dir, monkeypatch):
+    nan_on_training_calls(monkeypatch, set(range(3, 12)) | set(range(13, 22)))
+    _, progress = run(data_dir, tmp_path, "rand_write", "--num_epochs", "6")
+    assert progress["epoch"] == 6
