@@ -247,7 +247,7 @@ class WindowedLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input_gates, h, c, kappa, window, recurrent_weight, window_weight, window_bias,
                 one_hot, text_mask, matmul_dtype):
-        H, K = h.shape[1], kappa.shape[1]
+        H = h.shape[1]
         W = recurrent_weight.to(matmul_dtype).t()
         positions = torch.arange(text_mask.shape[1], device=h.device, dtype=h.dtype)
         hs, cs, acts, ws, ps, kappas, phis = [], [], [], [], [], [], []
@@ -281,7 +281,6 @@ class WindowedLSTM(torch.autograd.Function):
         (h0, c0, kappa0, window0, recurrent_weight, window_weight, one_hot, text_mask, positions,
          hs, ws, cs, acts, ps, kappas) = ctx.saved_tensors
         B, T, H = hs.shape
-        K = kappa0.shape[1]
         mm_dtype = ctx.matmul_dtype
         W = recurrent_weight.to(mm_dtype)
         grad_hs = grad_hs if grad_hs is not None else torch.zeros_like(hs)

@@ -245,9 +245,10 @@ def plot_strokes(lines, path=None, ax=None, titles=None, linewidth=1.5, width=10
     return ax
 
 
-def write_svg(lines, path, stroke_width=None, margin=None):
+def write_svg(lines, path, display_width=1000, stroke_width=None):
     """Write lines of offsets (pen units) as an SVG file: one <path> per pen stroke, lines stacked.
 
+    Coordinates stay in pen units (the viewBox); the picture is shown `display_width` pixels wide.
     SVG's y axis points down, so y is negated.
     """
     from xml.sax.saxutils import quoteattr
@@ -258,10 +259,10 @@ def write_svg(lines, path, stroke_width=None, margin=None):
         low, high = points.min(0), points.max(0)
     else:
         low, high = np.zeros(2), np.ones(2)
-    size = max(high - low)
-    stroke_width = stroke_width if stroke_width is not None else max(size / 400, 1e-3)
-    margin = margin if margin is not None else 5 * stroke_width
-    low, high = low - margin, high + margin
+    if stroke_width is None:
+        stroke_width = max(high[0] - low[0], high[1] - low[1], 1e-3) / 500
+    low, high = low - 5 * stroke_width, high + 5 * stroke_width  # room for the round pen tip
+    width, height = high - low
     fmt = lambda v: f"{v:.2f}"
     paths = []
     for s in strokes:
@@ -269,10 +270,10 @@ def write_svg(lines, path, stroke_width=None, margin=None):
         pts = s if len(s) > 1 else np.repeat(s, 2, axis=0)
         d = "M " + " L ".join(f"{fmt(x)} {fmt(y)}" for x, y in pts)
         paths.append(f"  <path d={quoteattr(d)}/>")
-    width, height = high - low
     svg = "\n".join([
         '<?xml version="1.0" encoding="UTF-8"?>',
-        f'<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="{fmt(width)}" height="{fmt(height)}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="{display_width}" '
+        f'height="{fmt(display_width * height / width)}" '
         f'viewBox="{fmt(low[0])} {fmt(low[1])} {fmt(width)} {fmt(height)}">',
         f'<g fill="none" stroke="black" stroke-width="{fmt(stroke_width)}" '
         'stroke-linecap="round" stroke-linejoin="round">',

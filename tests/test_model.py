@@ -17,15 +17,6 @@ from model import (HandwritingModel, Mixture, ModelConfig, gaussian_log_density,
                    sample_mixture, sequence_nll, split_mixture, window_weights)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors on a shared 2-core machine: one thread is several times faster
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------- numpy references
 
 def np_logsumexp(a, axis=-1):
@@ -348,7 +339,7 @@ def test_window_peaks_at_kappa():
 
 def test_window_weights_gradcheck():
     torch.manual_seed(1)
-    B, K, U = 2, 3, 5
+    B, K = 2, 3
     args = [torch.randn(B, K, dtype=torch.float64, requires_grad=True) for _ in range(3)]
     kappa_prev = (torch.rand(B, K, dtype=torch.float64) * 4).requires_grad_()
     text_mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]], dtype=torch.float64)

@@ -6,7 +6,6 @@ per epoch) and a tiny model on the CPU in fp32, so every run takes well under a 
 import csv
 import math
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -18,15 +17,6 @@ from fixtures import TINY_MODEL, make_handwriting_data, write_data_dir
 from model import HandwritingModel, ModelConfig, sequence_nll
 
 STEPS_PER_EPOCH = 4  # 32 training lines / batch 8
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors on a shared 2-core machine: one thread is several times faster
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

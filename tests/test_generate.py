@@ -1,0 +1,267 @@
+"""generate.py and the drawing helpers of utils.py, on tiny checkpoints trained here (CPU, seconds)."""
+import math
+import os
+import re
+import xml.etree.ElementTree as ET
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+
+import generate
+import utils
+from fixtures import train_tiny
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Tiny checkpoints written by train.py after one step: the real format, made in a blink.
+
+    Generation does not need a good model; the tests fix what they need (e.g. the window) by hand.
+    """
+    root = str(tmp_path_factory.mktemp("tiny"))
+    paths = {}
+    for task in ["rand_write", "synthesis"]:
+        best = train_tiny(root, task, "--max_steps", "1")  # stops before any epoch ends: only _last.pt
+        paths[task] = os.path.join(os.path.dirname(best), f"{task}_last.pt")
+    return paths
+
+
+@pytest.fixture
+def synthesis(checkpoints):
+    model, checkpoint = generate.load_model(checkpoints["synthesis"])
+    return model, checkpoint
+
+
+def svg_paths(path):
+    root = ET.parse(path).getroot()
+    assert root.tag == SVG + "svg"
+    return root.findall(f".//{SVG}path")
+
+
+def path_points(d):
+    numbers = [float(v) for v in re.findall(r"-?\d+\.?\d*", d)]
+    return np.array(numbers).reshape(-1, 2)
+
+
+# ----------------------------------------------------------------------------- coordinates and drawings
+
+def test_offsets_to_strokes_splits_after_each_pen_lift():
+    offsets = np.array([[0, 1, 0], [1, 1, 1],             # stroke 1 ends on its 2nd point
+                        [0, 0, 2], [0, 1, 0], [1, 0, -1],  # stroke 2
+                        [0, 5, 5]])                        # unfinished last stroke, still drawn
+    strokes = utils.offsets_to_strokes(offsets)
+    assert len(strokes) == 3
+    np.testing.assert_array_equal(strokes[0], [[1, 0], [2, 1]])
+    np.testing.assert_array_equal(strokes[1], [[2, 3], [3, 3], [3, 2]])
+    np.testing.assert_array_equal(strokes[2], [[8, 7]])
+    # a lift on the very last point leaves no empty stroke behind
+    assert len(utils.offsets_to_strokes(offsets[:5])) == 2
+
+
+def test_denormalise_inverts_the_normalisation():
+    raw = np.array([[0, 3.0, -1.0], [1, -2.0, 4.0]])
+    mean, std = np.array([0.5, -0.2]), np.array([2.0, 3.0])
+    normalised = raw.copy()
+    normalised[:, 1:] = (raw[:, 1:] - mean) / std
+    np.testing.assert_allclose(utils.denormalise(normalised, mean, std), raw)
+    assert normalised[0, 1] == (3.0 - 0.5) / 2.0  # the input is left alone
+
+
+def test_svg_has_one_path_per_stroke_with_y_flipped(tmp_path):
+    line1 = np.array([[0, 0, 0], [0, 1, 2], [1, 1, 0], [0, 1, 0], [1, 0, 1]], float)  # 2 strokes
+    line2 = np.array([[1, 0, 0], [1, 2, 0], [0, 0, 1]], float)                        # 3 strokes
+    path = tmp_path / "lines.svg"
+    utils.write_svg([line1, line2], path)
+    paths = svg_paths(path)
+    assert len(paths) == 5
+    first = path_points(paths[0].get("d"))
+    assert len(first) == 3
+    # the pen went up by 2 between the first two points: SVG's y grows downwards
+    assert first[1, 1] - first[0, 1] == pytest.approx(-2)
+    assert first[1, 0] - first[0, 0] == pytest.approx(1)
+    # line 2 lies below line 1 (larger SVG y everywhere)
+    line1_y = np.concatenate([path_points(p.get("d"))[:, 1] for p in paths[:2]])
+    line2_y = np.concatenate([path_points(p.get("d"))[:, 1] for p in paths[2:]])
+    assert line2_y.min() > line1_y.max()
+
+
+def test_png_shows_ink(tmp_path):
+    line = np.array([[0, 0, 0], [0, 5, 5], [1, 5, -5], [0, 3, 0], [1, 5, 5]], float)
+    path = tmp_path / "line.png"
+    utils.plot_strokes([line, line], path)
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 10 and image.shape[1] > 10
+    dark = image[..., :3].mean(-1) < 0.5
+    assert 0 < dark.mean() < 0.5
+
+
+# ----------------------------------------------------------------------------- the stopping rule
+
+def test_finished_when_the_position_after_the_text_wins():
+    phi_text = torch.tensor([[0.1, 0.7, 0.2],    # still on character 1
+                             [0.0, 0.1, 0.3],    # past the text: 0.4 > every character
+                             [0.0, 0.5, 0.5],    # a tie is not a win
+                             [0.2, 0.0, 0.0]])   # padding (zeros) never wins
+    phi_after = torch.tensor([0.05, 0.4, 0.5, 0.1])
+    assert generate.finished(phi_text, phi_after).tolist() == [False, True, False, False]
+
+
+def test_phi_after_text_is_the_same_window_read_one_position_on(synthesis):
+    """Reading 'one position after' a shorter text must give forward()'s phi at that position."""
+    model, checkpoint = synthesis
+    text, mask, _ = generate.encode_texts(["abc ab"], checkpoint["alphabet"])
+    state = model.initial_state(1)
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        for _ in range(5):
+            kappa_prev = state.kappa
+            _, state, phi = model(torch.randn(1, 1, 3), text, mask, state=state, return_phi=True)
+            for u in range(text.shape[1]):
+                got = generate.phi_after_text(model, state.h1, kappa_prev, torch.tensor([u]))
+                torch.testing.assert_close(got, phi[:, 0, u])
+
+
+def set_window(model, alpha_hat, beta_hat, kappa_hat):
+    """Make the window ignore layer 1: fixed alpha, beta and kappa step for every Gaussian."""
+    K = model.config.K
+    with torch.no_grad():
+        model.window_layer.weight.zero_()
+        model.window_layer.bias[:K] = alpha_hat
+        model.window_layer.bias[K:2 * K] = beta_hat
+        model.window_layer.bias[2 * K:] = kappa_hat
+
+
+def test_line_ends_by_the_rule_at_the_hand_computed_step(synthesis):
+    # alpha = beta = 1, kappa advances exactly 1 per step: after step t (from 0) kappa = t + 1 and
+    # phi(t, u) = K exp(-(t + 1 - u)^2). For U = 3, position 3 beats position 2 once t + 1 > 2.5,
+    # i.e. at t = 2: two points are generated (at t = 0 and 1), then the line ends.
+    model, checkpoint = synthesis
+    set_window(model, 0.0, 0.0, 0.0)
+    offsets, phis, capped = generate.generate_text(model, ["abc"], checkpoint["alphabet"],
+                                                   generator=torch.Generator().manual_seed(0),
+                                                   start=generate.start_row(checkpoint))
+    assert capped == [False]
+    assert offsets[0].shape == (3, 3) and phis[0].shape == (2, 3)
+    K = model.config.K
+    expected = [[K * math.exp(-(t + 1 - u) ** 2) for u in range(3)] for t in range(2)]
+    np.testing.assert_allclose(phis[0], expected, rtol=1e-5)
+
+
+def test_step_cap_ends_a_line_that_never_reaches_the_end(synthesis):
+    model, checkpoint = synthesis
+    set_window(model, 0.0, 0.0, -30.0)  # kappa moves by e^-30 per step: it never gets there
+    with pytest.warns(UserWarning, match="step cap"):
+        offsets, phis, capped = generate.generate_text(
+            model, ["ab", "abc"], checkpoint["alphabet"], generator=torch.Generator().manual_seed(0),
+            max_points_per_char=3, start=generate.start_row(checkpoint))
+    assert capped == [True, True]
+    assert [len(o) for o in offsets] == [3 * 3 + 1, 3 * 4 + 1]  # the start row + the cap
+    assert [p.shape for p in phis] == [(9, 2), (12, 3)]
+
+
+# ----------------------------------------------------------------------------- generation
+
+def test_same_seed_same_strokes_other_seed_other_strokes(checkpoints, synthesis):
+    model, checkpoint = synthesis
+    run = lambda seed: generate.generate_text(model, ["abc ab", "ba"], checkpoint["alphabet"], 0.5,
+                                              torch.Generator().manual_seed(seed), 10)[0]
+    first, again, other = run(1), run(1), run(2)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert any(a.shape != c.shape or not np.array_equal(a, c) for a, c in zip(first, other))
+
+    model, checkpoint = generate.load_model(checkpoints["rand_write"])
+    run = lambda seed: generate.generate_unconditional(model, 2, 30, 0.0, torch.Generator().manual_seed(seed))
+    np.testing.assert_array_equal(np.stack(run(3)), np.stack(run(3)))
+    assert not np.array_equal(np.stack(run(3)), np.stack(run(4)))
+
+
+def test_unknown_characters_are_named_and_written_as_spaces(synthesis):
+    model, checkpoint = synthesis
+    write = lambda text: generate.generate_text(model, [text], checkpoint["alphabet"], 0.0,
+                                                torch.Generator().manual_seed(5), 10)
+    with pytest.warns(UserWarning, match="'é'.*'€'"):
+        unknown = write("a€bé")
+    known = write("a b ")
+    np.testing.assert_array_equal(unknown[0][0], known[0][0])
+    np.testing.assert_array_equal(unknown[1][0], known[1][0])
+
+
+def test_empty_text_is_an_error(synthesis, checkpoints, capsys):
+    model, checkpoint = synthesis
+    with pytest.raises(ValueError, match="empty"):
+        generate.generate_text(model, ["   "], checkpoint["alphabet"])
+    with pytest.raises(SystemExit) as exit:
+        generate.main(["--task", "synthesis", "--checkpoint", checkpoints["synthesis"], "--text", " "])
+    assert exit.value.code == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def deterministic_sample(mix, generator=None):
+    """The most likely component's mean, pen lifted when more likely than not: no randomness."""
+    component = mix.log_weights.argmax(-1, keepdim=True)
+    pick = lambda t: t.gather(-1, component).squeeze(-1)
+    eos = (mix.eos_logit > 0).to(mix.mu_x.dtype)
+    return torch.stack([eos, pick(mix.mu_x), pick(mix.mu_y)], dim=-1)
+
+
+def test_a_batch_writes_each_line_as_if_alone(synthesis, monkeypatch):
+    """Padding and finished lines must not leak into the other lines of a batch."""
+    model, checkpoint = synthesis
+    monkeypatch.setattr(generate, "sample_mixture", deterministic_sample)
+    set_window(model, 0.0, 0.0, math.log(0.25))  # a quarter character per step: lines end in turn
+    texts = ["abc", "a", "cab bac"]
+    start = generate.start_row(checkpoint)
+    batch = generate.generate_text(model, texts, checkpoint["alphabet"], max_points_per_char=8, start=start)
+    assert len(batch[0]) == len(batch[1]) == len(batch[2]) == 3
+    assert batch[2] == [False, False, False]  # all ended by the rule ...
+    assert len({len(line) for line in batch[0]}) == 3  # ... each at its own step
+    for b, text in enumerate(texts):
+        alone = generate.generate_text(model, [text], checkpoint["alphabet"], max_points_per_char=8, start=start)
+        assert batch[0][b].shape == alone[0][0].shape
+        np.testing.assert_allclose(batch[0][b], alone[0][0], atol=1e-5)
+        np.testing.assert_allclose(batch[1][b], alone[1][0], atol=1e-5)
+        assert batch[1][b].shape == (len(batch[0][b]) - 1, len(text))
+        assert batch[2][b] == alone[2][0]
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def test_unconditional_command_writes_svg_and_strokes(checkpoints, tmp_path):
+    out, strokes_out = tmp_path / "r.svg", tmp_path / "r.npy"
+    generate.main(["--task", "rand_write", "--checkpoint", checkpoints["rand_write"], "--num_samples", "3",
+                   "--length", "40", "--seed", "0", "--out", str(out), "--strokes_out", str(strokes_out)])
+    lines = np.load(strokes_out)
+    assert lines.shape == (3, 40, 3)
+    assert set(np.unique(lines[..., 0])) <= {0.0, 1.0}
+    np.testing.assert_allclose(lines[:, 0], 0, atol=1e-5)  # every line starts at the zero offset
+    assert len(svg_paths(out)) == sum(len(utils.offsets_to_strokes(line)) for line in lines)
+
+
+def test_synthesis_command_writes_png_strokes_and_attention(checkpoints, tmp_path):
+    out, strokes_out, attention = tmp_path / "s.png", tmp_path / "s.npz", tmp_path / "phi.png"
+    generate.main(["--task", "synthesis", "--checkpoint", checkpoints["synthesis"], "--text", "abc",
+                   "--text", "ba ab", "--seed", "0", "--bias", "1", "--max_points_per_char", "15",
+                   "--out", str(out), "--strokes_out", str(strokes_out), "--attention_out", str(attention),
+                   "--label"])
+    with np.load(strokes_out) as f:
+        assert list(f["texts"]) == ["abc", "ba ab"]
+        for i in range(2):
+            line = f[f"line_{i}"]
+            assert line.ndim == 2 and line.shape[1] == 3 and 1 <= len(line) <= 15 * (len(f["texts"][i]) + 1) + 1
+            assert set(np.unique(line[:, 0])) <= {0.0, 1.0}
+    for png in [out, attention]:
+        image = matplotlib.image.imread(png)
+        assert image.ndim == 3 and min(image.shape[:2]) > 10
+
+
+def test_default_checkpoint_prefers_best_then_last(tmp_path):
+    assert generate.default_checkpoint("synthesis", str(tmp_path)) == str(tmp_path / "synthesis_best.pt")
+    (tmp_path / "synthesis_last.pt").write_bytes(b"")
+    assert generate.default_checkpoint("synthesis", str(tmp_path)) == str(tmp_path / "synthesis_last.pt")
+    (tmp_path / "synthesis_best.pt").write_bytes(b"")
+    assert generate.default_checkpoint("synthesis", str(tmp_path)) == str(tmp_path / "synthesis_best.pt")
