@@ -86,12 +86,13 @@ def bucketed_batches(data, batch_size, timesteps, rng):
 
 def run(model, batches, loss_fn, steps, precision, warmup=1):
     """Time `steps` optimizer steps after `warmup`; returns (seconds per step, real points per second)."""
+    task = model.config.task
     optimizer = torch.optim.Adam(model.parameters(), lr=8e-4)
     seconds, points = 0.0, 0.0
     for i in range(warmup + steps):
         offsets, mask, text, text_mask = next(batches)
         started = time.perf_counter()
-        with autocast("cpu", precision):
+        with autocast("cpu", precision, task):
             nll, count = loss_fn(model, offsets, mask, text, text_mask)
         optimizer.zero_grad()
         (nll / count).backward()
@@ -112,6 +113,8 @@ def main():
     p.add_argument("--timesteps", type=int, default=800)
     p.add_argument("--cell_size", type=int, default=400)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="for ours")
+    p.add_argument("--compile", action="store_true", help="for ours: torch.compile the synthesis step "
+                   "(train.py --compile); compiling happens in the untimed warm-up step")
     p.add_argument("--compare_loss", type=int, default=0,
                    help="also train each implementation this many steps and compare validation NLL")
     p.add_argument("--validation_lines", type=int, default=300)
@@ -130,6 +133,7 @@ def main():
         ]:
             torch.manual_seed(0)
             model = model_class(config)
+            model.compile_recurrence = args.compile and name == "ours"
             rng = np.random.default_rng(0)
             step_s, points_s = run(model, batches(data, args.batch_size, args.timesteps, rng),
                                    loss_fn, args.steps, precision)

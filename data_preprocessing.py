@@ -661,7 +661,7 @@ def format_summary(s):
         dropped = sum(s["dropped_by_split"][which].values())
         out.append(f"  {which:<10} {s['lines'][which]:6,d} lines kept, {dropped:,d} dropped; "
                    f"points per line min {lo} / median {median:.0f} / max {hi} ({total:,d} in all)")
-    out.append(f"  dropped: " + (", ".join(f"{r} {n}" for r, n in sorted(s["dropped"].items())) or "none"))
+    out.append("  dropped: " + (", ".join(f"{r} {n}" for r, n in sorted(s["dropped"].items())) or "none"))
     if s["missing_forms"]:
         out.append("  forms named by a split file but absent from the data (skipped): " +
                    ", ".join(f"{name} {n}" for name, n in s["missing_forms"].items()))

@@ -16,6 +16,7 @@ layers are fused nn.LSTMs. For synthesis, layer 1 and the window form the recurr
 see only values the loop has already produced, so they run afterwards as one fused nn.LSTM and one
 matrix product over the whole sequence.
 """
+import functools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
@@ -159,6 +160,7 @@ class HandwritingModel(nn.Module):
             self.layer1 = nn.LSTM(3, H, batch_first=True)
         self.layer2 = nn.LSTM(3 + H + A, H, batch_first=True)
         self.output_layer = nn.Linear(2 * H, 6 * M + 1)
+        self.compile_recurrence = False  # train.py --compile: torch.compile the synthesis step
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -229,8 +231,62 @@ class HandwritingModel(nn.Module):
         h1, windows, c1, kappa, phi = WindowedLSTM.apply(
             input_gates, state.h1.to(dtype), state.c1.to(dtype), state.kappa.to(dtype), state.window.to(dtype),
             self.layer1_recurrent.weight, self.window_layer.weight, self.window_layer.bias,
-            one_hot, text_mask.to(dtype), matmul_dtype)
+            one_hot, text_mask.to(dtype), matmul_dtype, self.compile_recurrence)
         return h1, c1, kappa, windows, (phi if return_phi else None)
+
+
+def _forward_step(x_gates, h, c, kappa, window, W, window_weight, window_bias, one_hot, text_mask,
+                  matmul_dtype: torch.dtype):
+    """One step of layer 1 and the window (W: the recurrent weight, transposed, in matmul_dtype)."""
+    H = h.shape[1]
+    z = x_gates + torch.cat([h, window], dim=1).to(matmul_dtype).mm(W).to(h.dtype)
+    z[:, :3 * H].sigmoid_()  # in place: z is fresh, and it becomes the saved activations
+    z[:, 3 * H:].tanh_()
+    act = z
+    i, f, o, g = act.chunk(4, dim=1)
+    c = torch.addcmul(f * c, i, g)
+    h = o * torch.tanh(c)
+    p = torch.addmm(window_bias, h, window_weight.t())
+    alpha_hat, beta_hat, kappa_hat = p.chunk(3, dim=1)
+    phi, kappa = window_weights(alpha_hat, beta_hat, kappa_hat, kappa, text_mask)
+    window = torch.bmm(phi.unsqueeze(1), one_hot).squeeze(1)
+    return h, c, kappa, window, act, p, phi
+
+
+def _backward_step(grad_h, grad_window, dh, dw, dc, dkappa, act, c, c_prev, p, kappa, W, window_weight,
+                   one_hot, text_mask, matmul_dtype: torch.dtype):
+    """The chain rule back through one _forward_step.
+
+    dh, dw, dc, dkappa arrive from step t+1 (for h_t, w_t, c_t, kappa_t); returns the gradients
+    of the gate pre-activations z_t and window parameters p_t, and dh, dw, dc, dkappa for step t-1.
+    """
+    H = c.shape[1]
+    # window: w = phi @ one_hot, phi_u = mask_u sum_k alpha_k exp(-beta_k (kappa_k - u)^2)
+    dw = grad_window + dw
+    dphi = torch.bmm(one_hot, dw.unsqueeze(2)).squeeze(2) * text_mask  # (B, U)
+    alpha, beta, kappa_step = p.exp().chunk(3, dim=1)
+    positions = torch.arange(text_mask.shape[1], device=c.device, dtype=c.dtype)
+    distance = kappa.unsqueeze(2) - positions  # (B, K, U)
+    weighted = dphi.unsqueeze(1) * alpha.unsqueeze(2) * torch.exp(-beta.unsqueeze(2) * distance ** 2)
+    d_alpha_hat = weighted.sum(2)  # d alpha / d alpha_hat = alpha
+    d_beta_hat = -(weighted * distance ** 2).sum(2) * beta
+    dkappa = dkappa - 2 * (weighted * distance).sum(2) * beta  # kappa_t also feeds kappa_{t+1}
+    dp = torch.cat([d_alpha_hat, d_beta_hat, dkappa * kappa_step], dim=1)
+    # LSTM cell
+    dh = grad_h + dh + dp.mm(window_weight)
+    i, f, o, g = act.chunk(4, dim=1)
+    tanh_c = torch.tanh(c)
+    dc = dc + dh * o * (1 - tanh_c ** 2)
+    dz = torch.cat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f),
+                    dh * tanh_c * o * (1 - o), dc * i * (1 - g ** 2)], dim=1)
+    d_previous = dz.to(matmul_dtype).mm(W).to(dz.dtype)
+    return dz, dp, d_previous[:, :H], d_previous[:, H:], dc * f, dkappa
+
+
+@functools.cache
+def _compiled(step):
+    # dynamic: batch size and text length change from batch to batch
+    return torch.compile(step, dynamic=True)
 
 
 class WindowedLSTM(torch.autograd.Function):
@@ -240,80 +296,50 @@ class WindowedLSTM(torch.autograd.Function):
     Autograd would record some thirty small operations per time step and replay them one by one;
     here the forward loop records nothing, and the backward loop runs the chain rule directly,
     leaving the weight gradients to one large matrix product each after the loop. Gates are
-    ordered (i, f, o, g) so one sigmoid covers three of them. tests/test_bench.py checks values
-    and gradients against the plain autograd loop; tests check it with gradcheck too.
+    ordered (i, f, o, g) so one sigmoid covers three of them. With `compile`, torch.compile fuses
+    each step's elementwise operations (opt-in: compiling takes a while at the start).
+    tests/test_bench.py checks values and gradients against the plain autograd loop, and gradcheck.
     """
 
     @staticmethod
     def forward(ctx, input_gates, h, c, kappa, window, recurrent_weight, window_weight, window_bias,
-                one_hot, text_mask, matmul_dtype):
-        H = h.shape[1]
+                one_hot, text_mask, matmul_dtype, compile=False):
+        step = _compiled(_forward_step) if compile else _forward_step
         W = recurrent_weight.to(matmul_dtype).t()
-        positions = torch.arange(text_mask.shape[1], device=h.device, dtype=h.dtype)
         hs, cs, acts, ws, ps, kappas, phis = [], [], [], [], [], [], []
         h0, c0, kappa0, window0 = h, c, kappa, window
         with torch.autocast(h.device.type, enabled=False):
             for x_gates in input_gates.unbind(1):
-                z = x_gates + torch.cat([h, window], dim=1).to(matmul_dtype).mm(W).to(h.dtype)
-                z[:, :3 * H].sigmoid_()  # in place: z is a fresh tensor, no copy needed
-                z[:, 3 * H:].tanh_()
-                act = z
-                i, f, o, g = act.chunk(4, dim=1)
-                c = torch.addcmul(f * c, i, g)
-                h = o * torch.tanh(c)
-                p = torch.addmm(window_bias, h, window_weight.t())
-                alpha_hat, beta_hat, kappa_hat = p.chunk(3, dim=1)
-                phi, kappa = window_weights(alpha_hat, beta_hat, kappa_hat, kappa, text_mask)
-                window = torch.bmm(phi.unsqueeze(1), one_hot).squeeze(1)
+                h, c, kappa, window, act, p, phi = step(x_gates, h, c, kappa, window, W, window_weight,
+                                                        window_bias, one_hot, text_mask, matmul_dtype)
                 hs.append(h), cs.append(c), acts.append(act), ws.append(window)
                 ps.append(p), kappas.append(kappa), phis.append(phi)
         hs, ws = torch.stack(hs, 1), torch.stack(ws, 1)
         ctx.save_for_backward(h0, c0, kappa0, window0, recurrent_weight, window_weight, one_hot, text_mask,
-                              positions, hs, ws, torch.stack(cs), torch.stack(acts), torch.stack(ps),
-                              torch.stack(kappas))
-        ctx.matmul_dtype = matmul_dtype
+                              hs, ws, torch.stack(cs), torch.stack(acts), torch.stack(ps), torch.stack(kappas))
+        ctx.matmul_dtype, ctx.compile = matmul_dtype, compile
         phis = torch.stack(phis, 1)
         ctx.mark_non_differentiable(phis)
         return hs, ws, c, kappa, phis
 
     @staticmethod
     def backward(ctx, grad_hs, grad_ws, grad_c, grad_kappa, _grad_phis):
-        (h0, c0, kappa0, window0, recurrent_weight, window_weight, one_hot, text_mask, positions,
+        (h0, c0, kappa0, window0, recurrent_weight, window_weight, one_hot, text_mask,
          hs, ws, cs, acts, ps, kappas) = ctx.saved_tensors
+        step = _compiled(_backward_step) if ctx.compile else _backward_step
         B, T, H = hs.shape
         mm_dtype = ctx.matmul_dtype
         W = recurrent_weight.to(mm_dtype)
         grad_hs = grad_hs if grad_hs is not None else torch.zeros_like(hs)
         grad_ws = grad_ws if grad_ws is not None else torch.zeros_like(ws)
-        dc = grad_c.clone() if grad_c is not None else torch.zeros_like(c0)
-        dkappa = grad_kappa.clone() if grad_kappa is not None else torch.zeros_like(kappa0)
-        dh_next, dw_next = torch.zeros_like(h0), torch.zeros_like(window0)
+        dc = grad_c if grad_c is not None else torch.zeros_like(c0)
+        dkappa = grad_kappa if grad_kappa is not None else torch.zeros_like(kappa0)
+        dh, dw = torch.zeros_like(h0), torch.zeros_like(window0)
         dz_all, dp_all = [None] * T, [None] * T
         for t in range(T - 1, -1, -1):
-            # window: w = phi @ one_hot, phi_u = mask_u sum_k alpha_k exp(-beta_k (kappa_k - u)^2)
-            dw = grad_ws[:, t] + dw_next
-            dphi = torch.bmm(one_hot, dw.unsqueeze(2)).squeeze(2) * text_mask  # (B, U)
-            alpha, beta, kappa_step = ps[t].exp().chunk(3, dim=1)
-            distance = kappas[t].unsqueeze(2) - positions  # (B, K, U)
-            terms = alpha.unsqueeze(2) * torch.exp(-beta.unsqueeze(2) * distance ** 2)
-            weighted = dphi.unsqueeze(1) * terms  # dL/dterm * term
-            d_alpha_hat = weighted.sum(2)  # d alpha / d alpha_hat = alpha
-            d_beta_hat = -(weighted * distance ** 2).sum(2) * beta
-            dkappa = dkappa - 2 * (weighted * distance).sum(2) * beta  # kappa_t feeds kappa_{t+1} too
-            dp = torch.cat([d_alpha_hat, d_beta_hat, dkappa * kappa_step], dim=1)
-            dp_all[t] = dp
-            # LSTM cell
-            dh = grad_hs[:, t] + dh_next + dp.mm(window_weight)
-            i, f, o, g = acts[t].chunk(4, dim=1)
-            tanh_c = torch.tanh(cs[t])
-            c_prev = cs[t - 1] if t > 0 else c0
-            dc = dc + dh * o * (1 - tanh_c ** 2)
-            dz = torch.cat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f),
-                            dh * tanh_c * o * (1 - o), dc * i * (1 - g ** 2)], dim=1)
-            dc = dc * f
-            dz_all[t] = dz
-            d_previous = dz.to(mm_dtype).mm(W).to(dz.dtype)
-            dh_next, dw_next = d_previous[:, :H], d_previous[:, H:]
+            dz_all[t], dp_all[t], dh, dw, dc, dkappa = step(
+                grad_hs[:, t], grad_ws[:, t], dh, dw, dc, dkappa, acts[t], cs[t], cs[t - 1] if t > 0 else c0,
+                ps[t], kappas[t], W, window_weight, one_hot, text_mask, mm_dtype)
         dz_all, dp_all = torch.stack(dz_all, 1), torch.stack(dp_all, 1)  # (B, T, 4H), (B, T, 3K)
         previous = torch.cat([torch.cat([h0.unsqueeze(1), hs[:, :-1]], 1),
                               torch.cat([window0.unsqueeze(1), ws[:, :-1]], 1)], dim=2)
@@ -321,8 +347,8 @@ class WindowedLSTM(torch.autograd.Function):
             previous.reshape(B * T, -1).to(mm_dtype)).to(recurrent_weight.dtype)
         grad_window_weight = dp_all.reshape(B * T, -1).t().mm(hs.reshape(B * T, H))
         grad_window_bias = dp_all.sum((0, 1))
-        return (dz_all, dh_next, dc, dkappa, dw_next, grad_recurrent, grad_window_weight, grad_window_bias,
-                None, None, None)
+        return (dz_all, dh, dc, dkappa, dw, grad_recurrent, grad_window_weight, grad_window_bias,
+                None, None, None, None)
 
 
 def sequence_nll(model, offsets, mask, text=None, text_mask=None):
