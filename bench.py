@@ -2,7 +2,7 @@
 
     python bench.py                       # both tasks, a few optimizer steps each
     python bench.py --task synthesis --steps 5
-    python bench.py --compare_loss 100    # also train both N steps and compare validation NLL
+    python bench.py --compare_loss 120    # also train both 120 steps, comparing validation NLL every 40
 
 The baseline is how these models are usually written: every batch padded to --timesteps,
 fp32, nn.LSTM for rand_write, and for synthesis a Python loop over two nn.LSTMCells with the
@@ -84,10 +84,10 @@ def bucketed_batches(data, batch_size, timesteps, rng):
         yield collate(data, indices, timesteps + 1)
 
 
-def run(model, batches, loss_fn, steps, precision, warmup=1):
+def run(model, batches, loss_fn, steps, precision, warmup=1, optimizer=None):
     """Time `steps` optimizer steps after `warmup`; returns (seconds per step, real points per second)."""
     task = model.config.task
-    optimizer = torch.optim.Adam(model.parameters(), lr=8e-4)
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=8e-4)
     seconds, points = 0.0, 0.0
     for i in range(warmup + steps):
         offsets, mask, text, text_mask = next(batches)
@@ -117,7 +117,8 @@ def main():
                    "(train.py --compile); compiling happens in the untimed warm-up step")
     p.add_argument("--compare_loss", type=int, default=0,
                    help="also train each implementation this many steps and compare validation NLL")
-    p.add_argument("--validation_lines", type=int, default=300)
+    p.add_argument("--compare_every", type=int, default=40, help="evaluate every N steps of --compare_loss")
+    p.add_argument("--validation_lines", type=int, default=200)
     args = p.parse_args()
 
     data = utils.load_data(os.path.join(args.data_dir, "train.npz"))
@@ -155,11 +156,13 @@ def compare_loss(config, data, args):
                                      ("ours", bucketed_batches, args.precision)]:
         torch.manual_seed(0)
         model = HandwritingModel(config)
-        run(model, batches(data, args.batch_size, args.timesteps, np.random.default_rng(0)),
-            sequence_nll, args.compare_loss, precision, warmup=0)
-        per_sequence, per_point = evaluate(model, valid, args.batch_size, "cpu")
-        print(f"{config.task:10s} {name:22s} after {args.compare_loss} steps: validation "
-              f"{per_sequence:.1f} nats/seq, {per_point:.4f} nats/point (fp32 evaluation)")
+        optimizer = torch.optim.Adam(model.parameters(), lr=8e-4)
+        stream = batches(data, args.batch_size, args.timesteps, np.random.default_rng(0))
+        for done in range(args.compare_every, args.compare_loss + 1, args.compare_every):
+            run(model, stream, sequence_nll, args.compare_every, precision, warmup=0, optimizer=optimizer)
+            per_sequence, per_point = evaluate(model, valid, args.batch_size, "cpu")
+            print(f"{config.task:10s} {name:22s} after {done} steps: validation "
+                  f"{per_sequence:.1f} nats/seq, {per_point:.4f} nats/point (fp32 evaluation)")
 
 
 if __name__ == "__main__":

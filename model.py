@@ -166,7 +166,7 @@ class HandwritingModel(nn.Module):
     def reset_parameters(self):
         H = self.config.cell_size
         bound = 1 / math.sqrt(H)
-        for name, p in self.named_parameters():
+        for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)  # nn.LSTM's own default, for every layer alike
         # forget gates start open (bias 1) so gradients reach far back from the start
         for bias in self._forget_gate_biases():
