@@ -41,6 +41,9 @@ def parse_args(argv=None):
     p.add_argument("--K", type=int, default=10, help="Gaussians in the attention window")
     p.add_argument("--model_dir", default="save")
     p.add_argument("--data_dir", default="data", help="folder with train.npz and validation.npz")
+    p.add_argument("--bucket_pool", type=int, default=50,
+                   help="batches are made of similar-length lines drawn from pools of this many "
+                        "batches (less padding, faster); 1 gives plain random batches")
     p.add_argument("--grad_clip", type=float, default=10.0,
                    help="clip the global gradient norm of the per-point loss to this (0: off)")
     p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/<task>_last.pt")
@@ -48,8 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="bf16 autocast for the matrix products (auto: for rand_write where the "
-                        "hardware supports it, never for synthesis, where it slowed learning); the "
-                        "loss is always computed in fp32")
+                        "hardware supports it, fp32 for synthesis); the loss is always fp32")
     p.add_argument("--compile", action="store_true",
                    help="synthesis: torch.compile each step of the window recurrence (fuses its small "
                         "operations; costs about a minute of compiling at the start)")
@@ -60,17 +62,18 @@ def parse_args(argv=None):
 
 # ----------------------------------------------------------------------------- batches
 
-def make_batches(lengths, batch_size, rng=None):
+def make_batches(lengths, batch_size, rng=None, pool=50):
     """Group line indices into batches of similar length, so little of a batch is padding.
 
-    With an rng (training), lines are shuffled, sorted by length within pools of 50 batches
-    and the batches shuffled: batches differ every epoch but stay nearly padding-free.
+    With an rng (training), lines are shuffled, sorted by length within pools of `pool` batches
+    and the batches shuffled: batches differ every epoch but stay nearly padding-free. pool=1
+    gives plain random batches (each padded to its longest line).
     """
     order = np.argsort(lengths, kind="stable")
     if rng is None:
         return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     shuffled = rng.permutation(len(lengths))
-    pool = 50 * batch_size
+    pool = pool * batch_size
     batches = []
     for start in range(0, len(shuffled), pool):
         chunk = shuffled[start:start + pool]
@@ -101,9 +104,9 @@ def collate(data, indices, max_points=None, device="cpu"):
 def autocast(device, precision, task):
     """The autocast context for `precision`: bf16 matrix products, or none for fp32.
 
-    "auto" uses bf16 for rand_write where the hardware has it, and fp32 for synthesis: in short
-    runs on IAM-OnDB, bf16 left synthesis's validation NLL far behind fp32 after the same steps
-    (440 vs 197 nats/sequence at step 80), while rand_write showed no consistent difference.
+    "auto" uses bf16 for rand_write where the hardware has it, and fp32 for synthesis, whose long
+    window recurrence is where bf16 rounding could accumulate; short comparisons on IAM-OnDB
+    (README, Speed) have not yet settled whether bf16 costs anything per step.
     """
     device_type = torch.device(device).type
     if precision == "auto":
@@ -207,7 +210,8 @@ def train(args):
         for group in optimizer.param_groups:
             group["lr"] = args.learning_rate * args.decay_rate ** epoch
         # the batch order is a function of (seed, epoch), so a resumed run sees the same batches
-        batches = make_batches(lengths, args.batch_size, np.random.default_rng([args.seed, epoch]))
+        batches = make_batches(lengths, args.batch_size, np.random.default_rng([args.seed, epoch]),
+                               args.bucket_pool)
         started, points_this_run = time.time(), 0.0
         bar = tqdm(batches, initial=progress["step_in_epoch"], desc=f"epoch {epoch + 1}/{args.num_epochs}")
         for indices in batches[progress["step_in_epoch"]:]:

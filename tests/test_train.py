@@ -361,3 +361,14 @@ def test_nine_non_finite_steps_do_not_stop_training(tmp_path, data_dir, monkeypa
     nan_on_training_calls(monkeypatch, set(range(3, 12)) | set(range(13, 22)))
     _, progress = run(data_dir, tmp_path, "rand_write", "--num_epochs", "6")
     assert progress["epoch"] == 6
+
+
+def test_make_batches_pool_of_one_is_plain_random_batching():
+    lengths = list(range(100, 0, -1))
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    batches = train.make_batches(lengths, 10, rng_a, pool=1)
+    # the same draws by hand: one permutation chunked into batches, each sorted by length, then shuffled
+    shuffled = rng_b.permutation(100)
+    expected = [sorted(shuffled[i:i + 10], key=lambda j: lengths[j]) for i in range(0, 100, 10)]
+    expected = [expected[i] for i in rng_b.permutation(10)]
+    assert [list(b) for b in batches] == [list(b) for b in expected]
