@@ -257,7 +257,10 @@ def save_strokes(path, lines, texts=None):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    model, checkpoint = load_model(args.checkpoint, args.device)
+    try:
+        model, checkpoint = load_model(args.checkpoint, args.device)
+    except FileNotFoundError as e:
+        raise SystemExit(str(e))
     if model.config.task != args.task:
         raise SystemExit(f"{args.checkpoint} holds a {model.config.task} model, not {args.task}")
     # no --seed: a fresh one, printed so that a good sample can be drawn again

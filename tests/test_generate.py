@@ -265,3 +265,9 @@ def test_default_checkpoint_prefers_best_then_last(tmp_path):
     assert generate.default_checkpoint("synthesis", str(tmp_path)) == str(tmp_path / "synthesis_last.pt")
     (tmp_path / "synthesis_best.pt").write_bytes(b"")
     assert generate.default_checkpoint("synthesis", str(tmp_path)) == str(tmp_path / "synthesis_best.pt")
+
+
+def test_missing_checkpoint_is_a_clear_error_not_a_traceback(tmp_path):
+    with pytest.raises(SystemExit, match="no checkpoint at .*rand_write_best.pt: train one"):
+        generate.main(["--task", "rand_write", "--model_dir", str(tmp_path), "--out", str(tmp_path / "x.png")])
+    assert not (tmp_path / "x.png").exists()
