@@ -5,9 +5,10 @@
     python generate.py --task synthesis --text_file lines.txt --attention_out samples/phi.png
 
 Everything generation needs (model size, alphabet, normalisation) is in the checkpoint, by default
-save/<task>_best.pt (or save/<task>_last.pt when no best one exists yet). Output goes to --out,
-a PNG or an SVG by its extension; --strokes_out keeps the raw pen offsets [end_of_stroke, dx, dy]
-in pen units (.npy for one line or equal-length lines, .npz for any: line_0, line_1 ... and texts).
+save/<task>_best.pt from your own training, else the shipped save/<task>.pt, else save/<task>_last.pt
+(a run still in its first epoch). Output goes to --out, a PNG or an SVG by its extension;
+--strokes_out keeps the raw pen offsets [end_of_stroke, dx, dy] in pen units (.npy for one line
+or equal-length lines, .npz for any: line_0, line_1 ... and texts).
 
 A text line ends by Graves' rule (section 5.1): when the window weight phi of the position just
 after the text exceeds that of every real character, the network has "read" the whole text. A step
@@ -23,18 +24,22 @@ import numpy as np
 import torch
 
 import utils
-from model import sample_mixture, split_mixture, window_weights
+from model import sample_mixture, split_mixture
 
 
 # ----------------------------------------------------------------------------- loading
 
 def default_checkpoint(task, model_dir="save"):
-    """save/<task>_best.pt, else save/<task>_last.pt (a run still in its first epoch), else the best path."""
-    best = os.path.join(model_dir, f"{task}_best.pt")
-    last = os.path.join(model_dir, f"{task}_last.pt")
-    if not os.path.exists(best) and os.path.exists(last):
-        return last
-    return best  # if missing, load_checkpoint says so and how to make one
+    """The checkpoint generation uses when none is named, the first that exists of:
+
+    save/<task>_best.pt (your own training, its best epoch), save/<task>.pt (the weights shipped
+    with the repository), save/<task>_last.pt (a run still in its first epoch).
+    """
+    candidates = [os.path.join(model_dir, f"{task}{suffix}.pt") for suffix in ("_best", "", "_last")]
+    for path in candidates:
+        if os.path.exists(path):
+            return path
+    return candidates[0]  # missing: load_checkpoint says so and how to make one
 
 
 def load_model(path, device="cpu"):
@@ -114,14 +119,8 @@ def finished(phi_text, phi_after):
 
 
 def phi_after_text(model, h1, kappa_prev, lengths):
-    """phi(t, U_b) for each line b: the window at the position just past its text.
-
-    forward() masks positions beyond the text to 0, so re-evaluate the same window
-    (model.window_weights on layer 1's output) over U+1 unmasked positions and read column U_b.
-    """
-    alpha_hat, beta_hat, kappa_hat = model.window_layer(h1).chunk(3, dim=-1)
-    all_positions = torch.ones(h1.shape[0], int(lengths.max()) + 1, dtype=h1.dtype, device=h1.device)
-    phi, _ = window_weights(alpha_hat, beta_hat, kappa_hat, kappa_prev, all_positions)
+    """phi(t, U_b) for each line b: the window's weight on the position just past its text."""
+    phi = model.window_at(h1, kappa_prev, int(lengths.max()) + 1)
     return phi.gather(1, lengths.unsqueeze(1)).squeeze(1)
 
 
@@ -199,7 +198,7 @@ def generate_text(model, texts, alphabet, bias=0.0, generator=None, max_points_p
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=["rand_write", "synthesis"], default="synthesis")
-    p.add_argument("--checkpoint", help="default: MODEL_DIR/<task>_best.pt, else <task>_last.pt")
+    p.add_argument("--checkpoint", help="default: MODEL_DIR/<task>_best.pt, else <task>.pt (shipped), else <task>_last.pt")
     p.add_argument("--model_dir", default="save")
     p.add_argument("--text", action="append", help="text to write (synthesis); repeat for several lines")
     p.add_argument("--text_file", help="file with one text per line (synthesis)")

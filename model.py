@@ -218,6 +218,17 @@ class HandwritingModel(nn.Module):
             new_state = State(h1_last, c1_last, h2_last[0], c2_last[0])
         return y, new_state, phi
 
+    def window_at(self, h1, kappa_prev, num_positions):
+        """phi (B, num_positions): the window that layer 1's output h1 (B, H) puts on text positions
+        0 .. num_positions-1, with no mask, from the previous positions kappa_prev (B, K).
+
+        Generation reads it one position past the text for Graves' stopping rule; forward() masks
+        that position to zero.
+        """
+        alpha_hat, beta_hat, kappa_hat = self.window_layer(h1).chunk(3, dim=-1)
+        all_positions = torch.ones(h1.shape[0], num_positions, dtype=h1.dtype, device=h1.device)
+        return window_weights(alpha_hat, beta_hat, kappa_hat, kappa_prev, all_positions)[0]
+
     def _layer1_with_window(self, offsets, text, text_mask, state, return_phi):
         """The recurrence of the synthesis model: LSTM layer 1 and the window, step by step."""
         if text is None or text_mask is None:

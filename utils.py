@@ -133,6 +133,28 @@ def load_checkpoint(path, device="cpu"):
     return model.eval(), checkpoint
 
 
+# keys of a training checkpoint that only resuming needs
+RESUME_ONLY_KEYS = ("optimizer", "rng")
+
+
+def export_checkpoint(src, dst):
+    """Write the part of training checkpoint `src` that generation needs to `dst` (atomically).
+
+    Drops the optimizer moments and RNG states (two thirds of the file) and stores the weights on
+    the CPU; keeps the configuration, alphabet, normalisation and training history. The result
+    loads with load_checkpoint but cannot be resumed. Used to make the shipped save/<task>.pt.
+    """
+    import torch
+
+    checkpoint = torch.load(src, map_location="cpu", weights_only=False)
+    if "model" not in checkpoint or "config" not in checkpoint:
+        raise ValueError(f"{src} is not a train.py checkpoint (it has no 'model' and 'config')")
+    exported = {k: v for k, v in checkpoint.items() if k not in RESUME_ONLY_KEYS}
+    exported["exported_from"] = os.path.basename(src)
+    with atomic_path(dst) as tmp:
+        torch.save(exported, tmp)
+
+
 # ----------------------------------------------------------------------------- plots
 
 def plot_loss_curves(history, path=None, title="", ax=None):

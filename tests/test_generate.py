@@ -259,12 +259,44 @@ def test_synthesis_command_writes_png_strokes_and_attention(checkpoints, tmp_pat
         assert image.ndim == 3 and min(image.shape[:2]) > 10
 
 
-def test_default_checkpoint_prefers_best_then_last(tmp_path):
-    assert generate.default_checkpoint("synthesis", str(tmp_path)) == str(tmp_path / "synthesis_best.pt")
+def test_default_checkpoint_prefers_own_best_then_shipped_then_last(tmp_path):
+    path = lambda name: str(tmp_path / name)
+    assert generate.default_checkpoint("synthesis", str(tmp_path)) == path("synthesis_best.pt")
     (tmp_path / "synthesis_last.pt").write_bytes(b"")
-    assert generate.default_checkpoint("synthesis", str(tmp_path)) == str(tmp_path / "synthesis_last.pt")
+    assert generate.default_checkpoint("synthesis", str(tmp_path)) == path("synthesis_last.pt")
+    (tmp_path / "synthesis.pt").write_bytes(b"")
+    assert generate.default_checkpoint("synthesis", str(tmp_path)) == path("synthesis.pt")
     (tmp_path / "synthesis_best.pt").write_bytes(b"")
-    assert generate.default_checkpoint("synthesis", str(tmp_path)) == str(tmp_path / "synthesis_best.pt")
+    assert generate.default_checkpoint("synthesis", str(tmp_path)) == path("synthesis_best.pt")
+    assert generate.default_checkpoint("rand_write", str(tmp_path)) == path("rand_write_best.pt")
+
+
+def test_exported_checkpoint_generates_the_same_strokes_without_resume_state(checkpoints, tmp_path):
+    exported = str(tmp_path / "synthesis.pt")
+    utils.export_checkpoint(checkpoints["synthesis"], exported)
+    full = torch.load(checkpoints["synthesis"], map_location="cpu", weights_only=False)
+    small = torch.load(exported, map_location="cpu", weights_only=False)
+    assert "optimizer" not in small and "rng" not in small and "optimizer" in full
+    assert small["exported_from"] == "synthesis_last.pt"
+    for key in ["config", "alphabet", "offset_mean", "offset_std", "step", "history"]:
+        assert small[key] == full[key]
+    assert os.path.getsize(exported) < 0.5 * os.path.getsize(checkpoints["synthesis"])
+
+    written = []
+    for path in [checkpoints["synthesis"], exported]:
+        model, checkpoint = generate.load_model(path)
+        offsets, _, _ = generate.generate_text(model, ["ab"], checkpoint["alphabet"], bias=0.5,
+                                               generator=torch.Generator().manual_seed(3), max_points_per_char=5,
+                                               start=generate.start_row(checkpoint))
+        written.append(offsets[0])
+    np.testing.assert_array_equal(written[0], written[1])
+
+
+def test_export_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a train.py checkpoint"):
+        utils.export_checkpoint(str(tmp_path / "other.pt"), str(tmp_path / "out.pt"))
+    assert not (tmp_path / "out.pt").exists()
 
 
 def test_missing_checkpoint_is_a_clear_error_not_a_traceback(tmp_path):
