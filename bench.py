@@ -3,6 +3,7 @@
     python bench.py                       # both tasks, a few optimizer steps each
     python bench.py --task synthesis --steps 5
     python bench.py --compare_loss 120    # also train both 120 steps, comparing validation NLL every 40
+    python bench.py --task synthesis --compare_loss 600 --seeds 3 --device cuda   # the longer check
 
 The baseline is how these models are usually written: every batch padded to --timesteps,
 fp32, nn.LSTM for rand_write, and for synthesis a Python loop over two nn.LSTMCells with the
@@ -84,27 +85,34 @@ def bucketed_batches(data, batch_size, timesteps, rng):
         yield collate(data, indices, timesteps + 1)
 
 
-def run(model, batches, loss_fn, steps, precision, warmup=1, optimizer=None):
+def synchronize(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(model, batches, loss_fn, steps, precision, warmup=1, optimizer=None, device="cpu"):
     """Time `steps` optimizer steps after `warmup`; returns (seconds per step, real points per second)."""
     task = model.config.task
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=8e-4)
     seconds, points = 0.0, 0.0
     for i in range(warmup + steps):
-        offsets, mask, text, text_mask = next(batches)
+        offsets, mask, text, text_mask = (t.to(device) for t in next(batches))
+        synchronize(device)
         started = time.perf_counter()
-        with autocast("cpu", precision, task):
+        with autocast(device, precision, task):
             nll, count = loss_fn(model, offsets, mask, text, text_mask)
         optimizer.zero_grad()
         (nll / count).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
+        synchronize(device)
         if i >= warmup:
             seconds += time.perf_counter() - started
             points += count.item()
     return seconds / steps, points / seconds
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=["rand_write", "synthesis", "both"], default="both")
     p.add_argument("--data_dir", default="data")
@@ -119,10 +127,15 @@ def main():
                    help="also train each implementation this many steps and compare validation NLL")
     p.add_argument("--compare_every", type=int, default=40, help="evaluate every N steps of --compare_loss")
     p.add_argument("--validation_lines", type=int, default=200)
-    args = p.parse_args()
+    p.add_argument("--seeds", type=int, default=1,
+                   help="--compare_loss repeats with this many seeds (weights and batch order) and averages")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
 
     data = utils.load_data(os.path.join(args.data_dir, "train.npz"))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(data)} training lines, "
+    where = torch.cuda.get_device_name(args.device) if torch.device(args.device).type == "cuda" \
+        else f"cpu, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, {len(data)} training lines, "
           f"batch {args.batch_size} x {args.timesteps} steps, cell {args.cell_size}")
     tasks = ["rand_write", "synthesis"] if args.task == "both" else [args.task]
     for task in tasks:
@@ -133,11 +146,11 @@ def main():
             ("ours", HandwritingModel, bucketed_batches, sequence_nll, args.precision),
         ]:
             torch.manual_seed(0)
-            model = model_class(config)
+            model = model_class(config).to(args.device)
             model.compile_recurrence = args.compile and name == "ours"
             rng = np.random.default_rng(0)
             step_s, points_s = run(model, batches(data, args.batch_size, args.timesteps, rng),
-                                   loss_fn, args.steps, precision)
+                                   loss_fn, args.steps, precision, device=args.device)
             results[name] = points_s
             print(f"{task:10s} {name:15s} {step_s:6.2f} s/step  {points_s:8.0f} real points/s")
         print(f"{task:10s} speed-up {results['ours'] / results['straightforward']:.2f}x")
@@ -146,23 +159,35 @@ def main():
 
 
 def compare_loss(config, data, args):
-    """Validation NLL after the same number of steps, from the same initial weights."""
+    """Validation NLL after the same number of steps, each seed from the same initial weights and
+    batch order for both implementations; with several seeds, also the mean and spread."""
     valid = utils.load_data(os.path.join(args.data_dir, "validation.npz"))
     subset = np.random.default_rng(0).choice(len(valid), min(args.validation_lines, len(valid)), replace=False)
     valid = utils.HandwritingData([valid.offsets[i] for i in subset], [valid.text_codes[i] for i in subset],
                                   [valid.texts[i] for i in subset], [valid.line_ids[i] for i in subset],
                                   valid.alphabet, valid.offset_mean, valid.offset_std)
-    for name, batches, precision in [("fp32, padded batches", padded_batches, "fp32"),
-                                     ("ours", bucketed_batches, args.precision)]:
-        torch.manual_seed(0)
-        model = HandwritingModel(config)
-        optimizer = torch.optim.Adam(model.parameters(), lr=8e-4)
-        stream = batches(data, args.batch_size, args.timesteps, np.random.default_rng(0))
-        for done in range(args.compare_every, args.compare_loss + 1, args.compare_every):
-            run(model, stream, sequence_nll, args.compare_every, precision, warmup=0, optimizer=optimizer)
-            per_sequence, per_point = evaluate(model, valid, args.batch_size, "cpu")
-            print(f"{config.task:10s} {name:22s} after {done} steps: validation "
-                  f"{per_sequence:.1f} nats/seq, {per_point:.4f} nats/point (fp32 evaluation)")
+    checkpoints = list(range(args.compare_every, args.compare_loss + 1, args.compare_every))
+    variants = [("fp32, padded batches", padded_batches, "fp32"), ("ours", bucketed_batches, args.precision)]
+    results = {name: np.zeros((args.seeds, len(checkpoints))) for name, _, _ in variants}
+    for seed in range(args.seeds):
+        for name, batches, precision in variants:
+            torch.manual_seed(seed)
+            model = HandwritingModel(config).to(args.device)
+            model.compile_recurrence = args.compile and name == "ours"
+            optimizer = torch.optim.Adam(model.parameters(), lr=8e-4)
+            stream = batches(data, args.batch_size, args.timesteps, np.random.default_rng(seed))
+            for j, done in enumerate(checkpoints):
+                run(model, stream, sequence_nll, args.compare_every, precision, warmup=0, optimizer=optimizer,
+                    device=args.device)
+                per_sequence, per_point = evaluate(model, valid, args.batch_size, args.device)
+                results[name][seed, j] = per_sequence
+                print(f"{config.task:10s} {name:22s} seed {seed} after {done} steps: validation "
+                      f"{per_sequence:.1f} nats/seq, {per_point:.4f} nats/point (fp32 evaluation)")
+    if args.seeds > 1:
+        for name, table in results.items():
+            summary = ", ".join(f"{done}: {m:.1f} +- {s:.1f}" for done, m, s
+                                in zip(checkpoints, table.mean(0), table.std(0, ddof=1)))
+            print(f"{config.task:10s} {name:22s} mean +- sd over {args.seeds} seeds, nats/seq after steps {summary}")
 
 
 if __name__ == "__main__":
