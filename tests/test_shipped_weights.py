@@ -43,10 +43,10 @@ def test_shipped_synthesis_model_takes_longer_over_wide_letters():
     (three arches) and passes a narrow i (one down-stroke and a dot) quickly."""
     model, checkpoint = shipped("synthesis")
     texts = ["mmmmmmmm", "iiiiiiii"] * 4
-    offsets, _, capped = generate.generate_text(
+    offsets, _, _ = generate.generate_text(
         model, texts, checkpoint["alphabet"], bias=1.0, generator=torch.Generator().manual_seed(0),
         start=generate.start_row(checkpoint))
-    assert not any(capped)
+    # a capped line is cut short, so caps can only shrink the differences asserted below
     points = {text: np.mean([len(line) for t, line in zip(texts, offsets) if t == text]) for text in texts[:2]}
     width = {text: np.mean([np.ptp(np.cumsum(line[:, 1])) for t, line in zip(texts, generate.to_pen_units(
         offsets, checkpoint)) if t == text]) for text in texts[:2]}
