@@ -112,6 +112,14 @@ def run(model, batches, loss_fn, steps, precision, warmup=1, optimizer=None, dev
     return seconds / steps, points / seconds
 
 
+def fresh_model(model_class, config, seed, args):
+    """Weights drawn from `seed` on args.device; --compile applies to ours only."""
+    torch.manual_seed(seed)
+    model = model_class(config).to(args.device)
+    model.compile_recurrence = args.compile and model_class is HandwritingModel
+    return model
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=["rand_write", "synthesis", "both"], default="both")
@@ -145,9 +153,7 @@ def main(argv=None):
             ("straightforward", StraightforwardModel, padded_batches, straightforward_nll, "fp32"),
             ("ours", HandwritingModel, bucketed_batches, sequence_nll, args.precision),
         ]:
-            torch.manual_seed(0)
-            model = model_class(config).to(args.device)
-            model.compile_recurrence = args.compile and name == "ours"
+            model = fresh_model(model_class, config, 0, args)
             rng = np.random.default_rng(0)
             step_s, points_s = run(model, batches(data, args.batch_size, args.timesteps, rng),
                                    loss_fn, args.steps, precision, device=args.device)
@@ -171,9 +177,7 @@ def compare_loss(config, data, args):
     results = {name: np.zeros((args.seeds, len(checkpoints))) for name, _, _ in variants}
     for seed in range(args.seeds):
         for name, batches, precision in variants:
-            torch.manual_seed(seed)
-            model = HandwritingModel(config).to(args.device)
-            model.compile_recurrence = args.compile and name == "ours"
+            model = fresh_model(HandwritingModel, config, seed, args)
             optimizer = torch.optim.Adam(model.parameters(), lr=8e-4)
             stream = batches(data, args.batch_size, args.timesteps, np.random.default_rng(seed))
             for j, done in enumerate(checkpoints):

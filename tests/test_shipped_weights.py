@@ -47,9 +47,10 @@ def test_shipped_synthesis_model_takes_longer_over_wide_letters():
         model, texts, checkpoint["alphabet"], bias=1.0, generator=torch.Generator().manual_seed(0),
         start=generate.start_row(checkpoint))
     # a capped line is cut short, so caps can only shrink the differences asserted below
-    points = {text: np.mean([len(line) for t, line in zip(texts, offsets) if t == text]) for text in texts[:2]}
-    width = {text: np.mean([np.ptp(np.cumsum(line[:, 1])) for t, line in zip(texts, generate.to_pen_units(
-        offsets, checkpoint)) if t == text]) for text in texts[:2]}
+    lines = generate.to_pen_units(offsets, checkpoint)
+    points = {text: np.mean([len(line) for t, line in zip(texts, lines) if t == text]) for text in texts[:2]}
+    width = {text: np.mean([np.ptp(np.cumsum(line[:, 1])) for t, line in zip(texts, lines) if t == text])
+             for text in texts[:2]}
     assert points["mmmmmmmm"] > 1.5 * points["iiiiiiii"], points
     assert width["mmmmmmmm"] > 2 * width["iiiiiiii"], width
 
