@@ -4,6 +4,7 @@
     python bench.py --task synthesis --steps 5
     python bench.py --compare_loss 120    # also train both 120 steps, comparing validation NLL every 40
     python bench.py --task synthesis --compare_loss 600 --seeds 3 --device cuda   # the longer check
+    python bench.py --task synthesis --compare_loss 200 --variants bucketed   # one variant only
 
 The baseline is how these models are usually written: every batch padded to --timesteps,
 fp32, nn.LSTM for rand_write, and for synthesis a Python loop over two nn.LSTMCells with the
@@ -137,8 +138,16 @@ def main(argv=None):
     p.add_argument("--validation_lines", type=int, default=200)
     p.add_argument("--seeds", type=int, default=1,
                    help="--compare_loss repeats with this many seeds (weights and batch order) and averages")
+    p.add_argument("--variants", default="padded,ours",
+                   help="comma-separated, for --compare_loss: padded (fp32, padded batches), bucketed "
+                        "(fp32, bucketed batches: isolates bucketing from precision), ours (bucketed, "
+                        "--precision); seed s gives the same runs whichever variants are listed")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
+    args.variants = args.variants.split(",")
+    unknown = set(args.variants) - {"padded", "bucketed", "ours"}
+    if unknown:
+        p.error(f"--variants: unknown {', '.join(sorted(unknown))}; choose from padded, bucketed, ours")
 
     data = utils.load_data(os.path.join(args.data_dir, "train.npz"))
     where = torch.cuda.get_device_name(args.device) if torch.device(args.device).type == "cuda" \
@@ -173,7 +182,10 @@ def compare_loss(config, data, args):
                                   [valid.texts[i] for i in subset], [valid.line_ids[i] for i in subset],
                                   valid.alphabet, valid.offset_mean, valid.offset_std)
     checkpoints = list(range(args.compare_every, args.compare_loss + 1, args.compare_every))
-    variants = [("fp32, padded batches", padded_batches, "fp32"), ("ours", bucketed_batches, args.precision)]
+    known = {"padded": ("fp32, padded batches", padded_batches, "fp32"),
+             "bucketed": ("fp32, bucketed batches", bucketed_batches, "fp32"),
+             "ours": ("ours", bucketed_batches, args.precision)}
+    variants = [known[v] for v in args.variants]
     results = {name: np.zeros((args.seeds, len(checkpoints))) for name, _, _ in variants}
     for seed in range(args.seeds):
         for name, batches, precision in variants:

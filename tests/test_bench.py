@@ -127,3 +127,29 @@ def test_bench_command_line_on_tiny_data(tmp_path, capsys):
         assert abs(mean_1 - per_seed[:, 0].mean()) <= 0.051 and abs(mean_2 - per_seed[:, 1].mean()) <= 0.051
         assert abs(sd_1 - abs(per_seed[0, 0] - per_seed[1, 0]) / np.sqrt(2)) <= 0.11
     assert per_seed[0, 0] != per_seed[1, 0]  # the seeds really differ
+
+
+def test_bench_variants_are_the_same_runs_whatever_is_listed(tmp_path, capsys):
+    """--variants bucketed is ours in fp32: with --precision fp32 the two must print identical
+    validation figures, seed for seed; an unknown variant is refused before anything runs."""
+    import re
+
+    import pytest
+
+    import bench
+    from fixtures import write_data_dir
+
+    data_dir = write_data_dir(tmp_path / "data")
+    common = ["--task", "synthesis", "--data_dir", data_dir, "--steps", "1", "--batch_size", "4",
+              "--timesteps", "30", "--cell_size", "8", "--compare_loss", "2", "--compare_every", "1",
+              "--validation_lines", "4", "--device", "cpu", "--precision", "fp32"]
+    bench.main(common + ["--variants", "bucketed,ours"])
+    out = capsys.readouterr().out
+    figures = {name: re.findall(rf"{re.escape(name)}\s+seed 0 after \d steps: validation (-?\d+\.\d) nats/seq"
+                                r", (-?\d+\.\d+) nats/point", out)
+               for name in ["fp32, bucketed batches", "ours"]}
+    assert len(figures["ours"]) == 2 and figures["ours"] == figures["fp32, bucketed batches"], out
+    assert "padded" not in out.split("speed-up")[-1]
+    with pytest.raises(SystemExit):
+        bench.main(common + ["--variants", "ours,fastest"])
+    assert "unknown fastest" in capsys.readouterr().err
