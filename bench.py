@@ -86,6 +86,12 @@ def bucketed_batches(data, batch_size, timesteps, rng):
         yield collate(data, indices, timesteps + 1)
 
 
+# --compare_loss variants: (printed name, batches, precision; None: --precision)
+VARIANTS = {"padded": ("fp32, padded batches", padded_batches, "fp32"),
+            "bucketed": ("fp32, bucketed batches", bucketed_batches, "fp32"),
+            "ours": ("ours", bucketed_batches, None)}
+
+
 def synchronize(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
@@ -145,9 +151,9 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     args.variants = args.variants.split(",")
-    unknown = set(args.variants) - {"padded", "bucketed", "ours"}
+    unknown = set(args.variants) - set(VARIANTS)
     if unknown:
-        p.error(f"--variants: unknown {', '.join(sorted(unknown))}; choose from padded, bucketed, ours")
+        p.error(f"--variants: unknown {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
 
     data = utils.load_data(os.path.join(args.data_dir, "train.npz"))
     where = torch.cuda.get_device_name(args.device) if torch.device(args.device).type == "cuda" \
@@ -175,20 +181,18 @@ def main(argv=None):
 
 def compare_loss(config, data, args):
     """Validation NLL after the same number of steps, each seed from the same initial weights and
-    batch order for both implementations; with several seeds, also the mean and spread."""
+    batch order for every variant; with several seeds, also the mean and spread."""
     valid = utils.load_data(os.path.join(args.data_dir, "validation.npz"))
     subset = np.random.default_rng(0).choice(len(valid), min(args.validation_lines, len(valid)), replace=False)
     valid = utils.HandwritingData([valid.offsets[i] for i in subset], [valid.text_codes[i] for i in subset],
                                   [valid.texts[i] for i in subset], [valid.line_ids[i] for i in subset],
                                   valid.alphabet, valid.offset_mean, valid.offset_std)
     checkpoints = list(range(args.compare_every, args.compare_loss + 1, args.compare_every))
-    known = {"padded": ("fp32, padded batches", padded_batches, "fp32"),
-             "bucketed": ("fp32, bucketed batches", bucketed_batches, "fp32"),
-             "ours": ("ours", bucketed_batches, args.precision)}
-    variants = [known[v] for v in args.variants]
+    variants = [VARIANTS[v] for v in args.variants]
     results = {name: np.zeros((args.seeds, len(checkpoints))) for name, _, _ in variants}
     for seed in range(args.seeds):
         for name, batches, precision in variants:
+            precision = precision or args.precision
             model = fresh_model(HandwritingModel, config, seed, args)
             optimizer = torch.optim.Adam(model.parameters(), lr=8e-4)
             stream = batches(data, args.batch_size, args.timesteps, np.random.default_rng(seed))

@@ -100,6 +100,13 @@ def test_compiled_steps_match_eager():
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
+def tiny_bench_args(data_dir):
+    """bench.py on fixture data at a size that runs in a second: one timed step, two compared."""
+    return ["--task", "synthesis", "--data_dir", data_dir, "--steps", "1", "--batch_size", "4",
+            "--timesteps", "30", "--cell_size", "8", "--compare_loss", "2", "--compare_every", "1",
+            "--validation_lines", "4", "--device", "cpu"]
+
+
 def test_bench_command_line_on_tiny_data(tmp_path, capsys):
     """bench.py end to end on fixture data: both implementations time, and --seeds summarises
     exactly the per-seed validation figures it printed."""
@@ -111,9 +118,7 @@ def test_bench_command_line_on_tiny_data(tmp_path, capsys):
     from fixtures import write_data_dir
 
     data_dir = write_data_dir(tmp_path / "data")
-    bench.main(["--task", "synthesis", "--data_dir", data_dir, "--steps", "1", "--batch_size", "4",
-                "--timesteps", "30", "--cell_size", "8", "--compare_loss", "2", "--compare_every", "1",
-                "--seeds", "2", "--validation_lines", "4", "--device", "cpu"])
+    bench.main(tiny_bench_args(data_dir) + ["--seeds", "2"])
     out = capsys.readouterr().out
     assert re.search(r"synthesis  speed-up \d+\.\d\dx", out)
     for name in ["fp32, padded batches", "ours"]:
@@ -140,9 +145,7 @@ def test_bench_variants_are_the_same_runs_whatever_is_listed(tmp_path, capsys):
     from fixtures import write_data_dir
 
     data_dir = write_data_dir(tmp_path / "data")
-    common = ["--task", "synthesis", "--data_dir", data_dir, "--steps", "1", "--batch_size", "4",
-              "--timesteps", "30", "--cell_size", "8", "--compare_loss", "2", "--compare_every", "1",
-              "--validation_lines", "4", "--device", "cpu", "--precision", "fp32"]
+    common = tiny_bench_args(data_dir) + ["--precision", "fp32"]
     bench.main(common + ["--variants", "bucketed,ours"])
     out = capsys.readouterr().out
     figures = {name: re.findall(rf"{re.escape(name)}\s+seed 0 after \d steps: validation (-?\d+\.\d) nats/seq"
