@@ -5,6 +5,7 @@
     python bench.py --compare_loss 120    # also train both 120 steps, comparing validation NLL every 40
     python bench.py --task synthesis --compare_loss 600 --seeds 3 --device cuda   # the longer check
     python bench.py --task synthesis --compare_loss 200 --variants bucketed   # one variant only
+    python bench.py --task synthesis --compare_loss 200 --seeds 2 --first_seed 3   # seeds 3 and 4
 
 The baseline is how these models are usually written: every batch padded to --timesteps,
 fp32, nn.LSTM for rand_write, and for synthesis a Python loop over two nn.LSTMCells with the
@@ -144,6 +145,8 @@ def main(argv=None):
     p.add_argument("--validation_lines", type=int, default=200)
     p.add_argument("--seeds", type=int, default=1,
                    help="--compare_loss repeats with this many seeds (weights and batch order) and averages")
+    p.add_argument("--first_seed", type=int, default=0,
+                   help="seeds run from this one up, so a later invocation can add new seeds to earlier ones")
     p.add_argument("--variants", default="padded,ours",
                    help="comma-separated, for --compare_loss: padded (fp32, padded batches), bucketed "
                         "(fp32, bucketed batches: isolates bucketing from precision), ours (bucketed, "
@@ -190,7 +193,7 @@ def compare_loss(config, data, args):
     checkpoints = list(range(args.compare_every, args.compare_loss + 1, args.compare_every))
     variants = [VARIANTS[v] for v in args.variants]
     results = {name: np.zeros((args.seeds, len(checkpoints))) for name, _, _ in variants}
-    for seed in range(args.seeds):
+    for row, seed in enumerate(range(args.first_seed, args.first_seed + args.seeds)):
         for name, batches, precision in variants:
             precision = precision or args.precision
             model = fresh_model(HandwritingModel, config, seed, args)
@@ -200,7 +203,7 @@ def compare_loss(config, data, args):
                 run(model, stream, sequence_nll, args.compare_every, precision, warmup=0, optimizer=optimizer,
                     device=args.device)
                 per_sequence, per_point = evaluate(model, valid, args.batch_size, args.device)
-                results[name][seed, j] = per_sequence
+                results[name][row, j] = per_sequence
                 print(f"{config.task:10s} {name:22s} seed {seed} after {done} steps: validation "
                       f"{per_sequence:.1f} nats/seq, {per_point:.4f} nats/point (fp32 evaluation)")
     if args.seeds > 1:

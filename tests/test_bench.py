@@ -132,6 +132,12 @@ def test_bench_command_line_on_tiny_data(tmp_path, capsys):
         assert abs(mean_1 - per_seed[:, 0].mean()) <= 0.051 and abs(mean_2 - per_seed[:, 1].mean()) <= 0.051
         assert abs(sd_1 - abs(per_seed[0, 0] - per_seed[1, 0]) / np.sqrt(2)) <= 0.11
     assert per_seed[0, 0] != per_seed[1, 0]  # the seeds really differ
+    # a later invocation starting at seed 1 repeats seed 1's runs exactly
+    bench.main(tiny_bench_args(data_dir) + ["--first_seed", "1"])
+    again = capsys.readouterr().out
+    seed_lines = lambda text: re.findall(r".*seed 1 after .*", text)
+    assert seed_lines(again) and seed_lines(again) == seed_lines(out)
+    assert "seed 0 after" not in again
 
 
 def test_bench_variants_are_the_same_runs_whatever_is_listed(tmp_path, capsys):
