@@ -6,6 +6,7 @@
     python bench.py --task synthesis --compare_loss 600 --seeds 3 --device cuda   # the longer check
     python bench.py --task synthesis --compare_loss 200 --variants bucketed   # one variant only
     python bench.py --task synthesis --compare_loss 200 --seeds 2 --first_seed 3   # seeds 3 and 4
+    python bench.py --check_precision save/synthesis.pt   # what bf16 changes for trained weights
 
 The baseline is how these models are usually written: every batch padded to --timesteps,
 fp32, nn.LSTM for rand_write, and for synthesis a Python loop over two nn.LSTMCells with the
@@ -151,6 +152,9 @@ def main(argv=None):
                    help="comma-separated, for --compare_loss: padded (fp32, padded batches), bucketed "
                         "(fp32, bucketed batches: isolates bucketing from precision), ours (bucketed, "
                         "--precision); seed s gives the same runs whichever variants are listed")
+    p.add_argument("--check_precision", metavar="CHECKPOINT",
+                   help="instead of timing: compare bf16 with fp32 validation NLL and gradients for a "
+                        "checkpoint's weights (its task), or 'fresh' for newly initialised ones")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     args.variants = args.variants.split(",")
@@ -163,9 +167,17 @@ def main(argv=None):
         else f"cpu, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}, {len(data)} training lines, "
           f"batch {args.batch_size} x {args.timesteps} steps, cell {args.cell_size}")
+    if args.check_precision not in (None, "fresh"):
+        model, _ = utils.load_checkpoint(args.check_precision, args.device)
+        print(f"weights from {args.check_precision}: {model.config}")
+        check_precision(model, data, args)
+        return
     tasks = ["rand_write", "synthesis"] if args.task == "both" else [args.task]
     for task in tasks:
         config = ModelConfig(task=task, cell_size=args.cell_size, alphabet_size=len(data.alphabet))
+        if args.check_precision == "fresh":
+            check_precision(fresh_model(HandwritingModel, config, 0, args), data, args)
+            continue
         results = {}
         for name, model_class, batches, loss_fn, precision in [
             ("straightforward", StraightforwardModel, padded_batches, straightforward_nll, "fp32"),
@@ -182,14 +194,58 @@ def main(argv=None):
             compare_loss(config, data, args)
 
 
+def validation_subset(args):
+    """The same --validation_lines lines of the validation split for every run."""
+    valid = utils.load_data(os.path.join(args.data_dir, "validation.npz"))
+    subset = np.random.default_rng(0).choice(len(valid), min(args.validation_lines, len(valid)), replace=False)
+    return utils.HandwritingData([valid.offsets[i] for i in subset], [valid.text_codes[i] for i in subset],
+                                 [valid.texts[i] for i in subset], [valid.line_ids[i] for i in subset],
+                                 valid.alphabet, valid.offset_mean, valid.offset_std)
+
+
+def gradient(model, batch, precision, device):
+    """The training gradient (mean NLL per point) of one batch under `precision`, flattened."""
+    offsets, mask, text, text_mask = (t.to(device) for t in batch)
+    model.zero_grad()
+    with autocast(device, precision, model.config.task):
+        nll, count = sequence_nll(model, offsets, mask, text, text_mask)
+    (nll / count).backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def check_precision(model, data, args, batches=3):
+    """What bf16 changes in the figures training sees, against what the data itself changes.
+
+    Validation NLL evaluated in fp32 and in bf16; then, on a few training batches, the distance
+    of the bf16 gradient from the fp32 one, beside the distance between the fp32 gradients of two
+    consecutive batches (the noise that stochastic gradient descent lives with anyway).
+    Distances are relative: |a - b| / |b|.
+    """
+    task = model.config.task
+    valid = validation_subset(args)
+    figures = {}
+    for precision in ["fp32", "bf16"]:
+        with autocast(args.device, precision, task):
+            figures[precision] = evaluate(model, valid, args.batch_size, args.device)
+    print(f"{task:10s} validation {figures['fp32'][0]:.2f} nats/seq in fp32, {figures['bf16'][0]:.2f} in bf16 "
+          f"({len(valid)} lines)")
+    stream = bucketed_batches(data, args.batch_size, args.timesteps, np.random.default_rng(0))
+    distance = lambda a, b: ((a - b).norm() / b.norm()).item()
+    previous = None
+    for i in range(batches):
+        batch = next(stream)
+        fp32, bf16 = gradient(model, batch, "fp32", args.device), gradient(model, batch, "bf16", args.device)
+        line = f"{task:10s} batch {i}: gradient distance bf16 from fp32 {distance(bf16, fp32):.4f}"
+        if previous is not None:
+            line += f", fp32 from the previous batch's {distance(previous, fp32):.4f}"
+        print(line)
+        previous = fp32
+
+
 def compare_loss(config, data, args):
     """Validation NLL after the same number of steps, each seed from the same initial weights and
     batch order for every variant; with several seeds, also the mean and spread."""
-    valid = utils.load_data(os.path.join(args.data_dir, "validation.npz"))
-    subset = np.random.default_rng(0).choice(len(valid), min(args.validation_lines, len(valid)), replace=False)
-    valid = utils.HandwritingData([valid.offsets[i] for i in subset], [valid.text_codes[i] for i in subset],
-                                  [valid.texts[i] for i in subset], [valid.line_ids[i] for i in subset],
-                                  valid.alphabet, valid.offset_mean, valid.offset_std)
+    valid = validation_subset(args)
     checkpoints = list(range(args.compare_every, args.compare_loss + 1, args.compare_every))
     variants = [VARIANTS[v] for v in args.variants]
     results = {name: np.zeros((args.seeds, len(checkpoints))) for name, _, _ in variants}

@@ -123,8 +123,8 @@ def autocast(device, precision, task):
 
 @torch.no_grad()
 def evaluate(model, data, batch_size, device):
-    """NLL of whole lines, in eval mode and fp32 whatever the training precision:
-    (nats per sequence, nats per point)."""
+    """NLL of whole lines, in eval mode: (nats per sequence, nats per point). In fp32 unless the
+    caller opens an autocast context (training evaluates outside its own)."""
     model.eval()
     total, points = 0.0, 0.0
     for indices in make_batches([len(x) for x in data.offsets], batch_size):

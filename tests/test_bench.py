@@ -162,3 +162,43 @@ def test_bench_variants_are_the_same_runs_whatever_is_listed(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main(common + ["--variants", "ours,fastest"])
     assert "unknown fastest" in capsys.readouterr().err
+
+
+def test_check_precision_reports_the_fp32_figures_and_a_small_bf16_change(tmp_path, capsys):
+    """--check_precision fresh: the fp32 validation figure is evaluate()'s on the seed-0 weights,
+    bf16 moves it and the gradients a little, and the same works from a checkpoint's weights."""
+    import re
+
+    import torch
+
+    import bench
+    import utils
+    from fixtures import train_tiny, write_data_dir
+    from model import HandwritingModel, ModelConfig
+    from train import evaluate
+
+    data_dir = write_data_dir(tmp_path / "data")
+    args = tiny_bench_args(data_dir)
+    bench.main(args + ["--check_precision", "fresh"])
+    out = capsys.readouterr().out
+    fp32, bf16 = (float(v) for v in re.search(
+        r"synthesis  validation (-?\d+\.\d\d) nats/seq in fp32, (-?\d+\.\d\d) in bf16 \(4 lines\)", out).groups())
+    torch.manual_seed(0)
+    model = HandwritingModel(ModelConfig(task="synthesis", cell_size=8, alphabet_size=len(utils.ALPHABET)))
+    valid = bench.validation_subset(bench.argparse.Namespace(data_dir=data_dir, validation_lines=4))
+    assert abs(fp32 - evaluate(model, valid, 4, "cpu")[0]) <= 0.006
+    assert fp32 != bf16 and abs(fp32 - bf16) < 0.02 * abs(fp32)
+    bf16_distances = [float(v) for v in re.findall(r"gradient distance bf16 from fp32 (\d\.\d+)", out)]
+    batch_distances = [float(v) for v in re.findall(r"fp32 from the previous batch's (\d\.\d+)", out)]
+    assert len(bf16_distances) == 3 and len(batch_distances) == 2
+    assert all(0 < d < 0.1 for d in bf16_distances)
+    assert all(d > 0.1 for d in batch_distances)  # different data moves the gradient far more
+
+    checkpoint = train_tiny(tmp_path / "run", "synthesis")
+    bench.main(["--data_dir", data_dir, "--batch_size", "4", "--timesteps", "30", "--validation_lines", "4",
+                "--device", "cpu", "--check_precision", checkpoint])
+    out = capsys.readouterr().out
+    fp32 = float(re.search(r"validation (-?\d+\.\d\d) nats/seq in fp32", out).group(1))
+    trained, _ = utils.load_checkpoint(checkpoint)
+    assert abs(fp32 - evaluate(trained, valid, 4, "cpu")[0]) <= 0.006
+    assert "speed-up" not in out
