@@ -74,18 +74,23 @@ def straightforward_nll(model, offsets, mask, text, text_mask):
     return (nll * target_mask).sum(), target_mask.sum()
 
 
+# Both batch streams are endless, epoch after epoch (an epoch is about 200 steps at batch 50).
+
 def padded_batches(data, batch_size, timesteps, rng):
     """Random batches, every one padded (or cut) to exactly timesteps + 1 points."""
-    order = rng.permutation(len(data))
-    for start in range(0, len(order) - batch_size + 1, batch_size):
-        offsets, mask, text, text_mask = collate(data, order[start:start + batch_size], timesteps + 1)
-        pad = timesteps + 1 - offsets.shape[1]
-        yield F.pad(offsets, (0, 0, 0, pad)), F.pad(mask, (0, pad)), text, text_mask
+    while True:
+        order = rng.permutation(len(data))
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            offsets, mask, text, text_mask = collate(data, order[start:start + batch_size], timesteps + 1)
+            pad = timesteps + 1 - offsets.shape[1]
+            yield F.pad(offsets, (0, 0, 0, pad)), F.pad(mask, (0, pad)), text, text_mask
 
 
 def bucketed_batches(data, batch_size, timesteps, rng):
-    for indices in make_batches([len(x) for x in data.offsets], batch_size, rng):
-        yield collate(data, indices, timesteps + 1)
+    """train.py's batches of similar-length lines."""
+    while True:
+        for indices in make_batches([len(x) for x in data.offsets], batch_size, rng):
+            yield collate(data, indices, timesteps + 1)
 
 
 # --compare_loss variants: (printed name, batches, precision; None: --precision)

@@ -202,3 +202,22 @@ def test_check_precision_reports_the_fp32_figures_and_a_small_bf16_change(tmp_pa
     trained, _ = utils.load_checkpoint(checkpoint)
     assert abs(fp32 - evaluate(trained, valid, 4, "cpu")[0]) <= 0.006
     assert "speed-up" not in out
+
+
+def test_batch_streams_go_on_past_an_epoch_covering_every_line_once_per_epoch(tmp_path):
+    """--compare_loss may train for more steps than one epoch has batches."""
+    import itertools
+
+    import numpy as np
+
+    import bench
+    from fixtures import make_handwriting_data
+
+    data = make_handwriting_data(12)  # 3 batches of 4 per epoch
+    for stream in [bench.padded_batches, bench.bucketed_batches]:
+        batches = list(itertools.islice(stream(data, 4, 100, np.random.default_rng(0)), 7))
+        assert len(batches) == 7
+        for epoch in [batches[0:3], batches[3:6]]:
+            # each line's first point (random loops, all distinct) identifies it
+            firsts = sorted(tuple(row) for offsets, *_ in epoch for row in offsets[:, 0].tolist())
+            assert firsts == sorted(tuple(line[0].tolist()) for line in data.offsets)
