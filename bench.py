@@ -106,14 +106,13 @@ def synchronize(device):
 
 def run(model, batches, loss_fn, steps, precision, warmup=1, optimizer=None, device="cpu"):
     """Time `steps` optimizer steps after `warmup`; returns (seconds per step, real points per second)."""
-    task = model.config.task
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=8e-4)
     seconds, points = 0.0, 0.0
     for i in range(warmup + steps):
         offsets, mask, text, text_mask = (t.to(device) for t in next(batches))
         synchronize(device)
         started = time.perf_counter()
-        with autocast(device, precision, task):
+        with autocast(device, precision):
             nll, count = loss_fn(model, offsets, mask, text, text_mask)
         optimizer.zero_grad()
         (nll / count).backward()
@@ -212,7 +211,7 @@ def gradient(model, batch, precision, device):
     """The training gradient (mean NLL per point) of one batch under `precision`, flattened."""
     offsets, mask, text, text_mask = (t.to(device) for t in batch)
     model.zero_grad()
-    with autocast(device, precision, model.config.task):
+    with autocast(device, precision):
         nll, count = sequence_nll(model, offsets, mask, text, text_mask)
     (nll / count).backward()
     return torch.cat([p.grad.flatten() for p in model.parameters()])
@@ -230,7 +229,7 @@ def check_precision(model, data, args, batches=3):
     valid = validation_subset(args)
     figures = {}
     for precision in ["fp32", "bf16"]:
-        with autocast(args.device, precision, task):
+        with autocast(args.device, precision):
             figures[precision] = evaluate(model, valid, args.batch_size, args.device)
     print(f"{task:10s} validation {figures['fp32'][0]:.2f} nats/seq in fp32, {figures['bf16'][0]:.2f} in bf16 "
           f"({len(valid)} lines)")

@@ -372,3 +372,13 @@ def test_make_batches_pool_of_one_is_plain_random_batching():
     expected = [sorted(shuffled[i:i + 10], key=lambda j: lengths[j]) for i in range(0, 100, 10)]
     expected = [expected[i] for i in rng_b.permutation(10)]
     assert [list(b) for b in batches] == [list(b) for b in expected]
+
+
+def test_precision_flags_choose_the_autocast_dtype():
+    """auto: bf16 exactly where this CPU has bf16 matrix products; fp32 and bf16 as asked."""
+    supported = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    for precision, expected in [("auto", supported), ("fp32", False), ("bf16", True)]:
+        with train.autocast("cpu", precision):
+            assert torch.is_autocast_enabled("cpu") == expected, precision
+            if expected:
+                assert torch.get_autocast_dtype("cpu") == torch.bfloat16
