@@ -104,18 +104,25 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
+def backward(model, batch, loss_fn, precision):
+    """Fresh gradients of one batch's mean NLL per point under `precision`; returns its real points."""
+    offsets, mask, text, text_mask = batch
+    with autocast(offsets.device, precision):
+        nll, count = loss_fn(model, offsets, mask, text, text_mask)
+    model.zero_grad()
+    (nll / count).backward()
+    return count
+
+
 def run(model, batches, loss_fn, steps, precision, warmup=1, optimizer=None, device="cpu"):
     """Time `steps` optimizer steps after `warmup`; returns (seconds per step, real points per second)."""
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=8e-4)
     seconds, points = 0.0, 0.0
     for i in range(warmup + steps):
-        offsets, mask, text, text_mask = (t.to(device) for t in next(batches))
+        batch = [t.to(device) for t in next(batches)]
         synchronize(device)
         started = time.perf_counter()
-        with autocast(device, precision):
-            nll, count = loss_fn(model, offsets, mask, text, text_mask)
-        optimizer.zero_grad()
-        (nll / count).backward()
+        count = backward(model, batch, loss_fn, precision)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
         synchronize(device)
@@ -207,13 +214,9 @@ def validation_subset(args):
                                  valid.alphabet, valid.offset_mean, valid.offset_std)
 
 
-def gradient(model, batch, precision, device):
-    """The training gradient (mean NLL per point) of one batch under `precision`, flattened."""
-    offsets, mask, text, text_mask = (t.to(device) for t in batch)
-    model.zero_grad()
-    with autocast(device, precision):
-        nll, count = sequence_nll(model, offsets, mask, text, text_mask)
-    (nll / count).backward()
+def gradient(model, batch, precision):
+    """The training gradient of one batch under `precision`, flattened."""
+    backward(model, batch, sequence_nll, precision)
     return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
@@ -237,8 +240,8 @@ def check_precision(model, data, args, batches=3):
     distance = lambda a, b: ((a - b).norm() / b.norm()).item()
     previous = None
     for i in range(batches):
-        batch = next(stream)
-        fp32, bf16 = gradient(model, batch, "fp32", args.device), gradient(model, batch, "bf16", args.device)
+        batch = [t.to(args.device) for t in next(stream)]
+        fp32, bf16 = gradient(model, batch, "fp32"), gradient(model, batch, "bf16")
         line = f"{task:10s} batch {i}: gradient distance bf16 from fp32 {distance(bf16, fp32):.4f}"
         if previous is not None:
             line += f", fp32 from the previous batch's {distance(previous, fp32):.4f}"
