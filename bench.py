@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import utils
 from model import HandwritingModel, ModelConfig, point_nll, sequence_nll, split_mixture, window_weights
-from train import autocast, collate, evaluate, make_batches
+from train import autocast, collate, evaluate, make_batches, uses_bf16
 
 
 class StraightforwardModel(nn.Module):
@@ -167,12 +167,18 @@ def main(argv=None):
                    help="instead of timing: compare bf16 with fp32 validation NLL and gradients for a "
                         "checkpoint's weights (its task), or 'fresh' for newly initialised ones")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core), as train.py")
     args = p.parse_args(argv)
     args.variants = args.variants.split(",")
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         p.error(f"--variants: unknown {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
 
+    if args.check_precision:
+        uses_bf16(args.device, "bf16")  # the comparison needs bf16: refuse where there is none
+    uses_bf16(args.device, args.precision)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data = utils.load_data(os.path.join(args.data_dir, "train.npz"))
     where = torch.cuda.get_device_name(args.device) if torch.device(args.device).type == "cuda" \
         else f"cpu, {torch.get_num_threads()} threads"

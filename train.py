@@ -47,6 +47,13 @@ def parse_args(argv=None):
     p.add_argument("--grad_clip", type=float, default=10.0,
                    help="clip the global gradient norm of the per-point loss to this (0: off)")
     p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/<task>_last.pt")
+    p.add_argument("--init_from", metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (shipped, exported or a training one) "
+                        "with a fresh optimizer and a learning-rate warm-up; epochs count on from "
+                        "the checkpoint's, so --num_epochs is the total")
+    p.add_argument("--warmup_steps", type=int, default=None,
+                   help="raise the learning rate linearly from 0 over this many steps "
+                        "(default: 100 with --init_from, else 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
@@ -55,6 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true",
                    help="synthesis: torch.compile each step of the window recurrence (fuses its small "
                         "operations; costs about a minute of compiling at the start)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads (0: one per core). Use 1 when anything else runs on the machine: "
+                        "waiting threads slow a shared 2-core CPU many times over")
     p.add_argument("--save_every", type=int, default=100, help="also checkpoint every N steps")
     p.add_argument("--max_steps", type=int, default=0, help="stop after N optimizer steps (0: no limit)")
     return p.parse_args(argv)
@@ -101,6 +111,14 @@ def collate(data, indices, max_points=None, device="cpu"):
     return to(offsets), to(mask), to(text), to(text_mask)
 
 
+def bf16_supported(device):
+    """Whether `device` runs bf16 matrix products (and oneDNN's bf16 LSTM, on a CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def autocast(device, precision):
     """The autocast context for `precision`: bf16 matrix products, or none for fp32.
 
@@ -109,16 +127,17 @@ def autocast(device, precision):
     20 nats per line lower; the pairs differ both ways by more than that); it moves a batch's
     gradient by 0.4-12% of its size where the next batch moves it by 31-188%; and it evaluates
     the same weights within 0.3 nats per line of fp32. The window keeps its state in fp32 anyway.
+    "bf16" on hardware without it is refused (oneDNN has no bf16 LSTM there).
     """
-    device_type = torch.device(device).type
-    if precision == "auto":
-        if device_type == "cuda":
-            use_bf16 = torch.cuda.is_bf16_supported()
-        else:
-            use_bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    else:
-        use_bf16 = precision == "bf16"
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16)
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
+
+
+def uses_bf16(device, precision):
+    """Whether `precision` ("auto", "fp32", "bf16") means bf16 on `device`; refuses an impossible bf16."""
+    if precision == "bf16" and not bf16_supported(device):
+        raise SystemExit(f"--precision bf16: this {torch.device(device).type.upper()} has no bf16 support "
+                         "(a CPU needs AVX-512 with bf16, or AMX); use --precision fp32 or auto.")
+    return bf16_supported(device) if precision == "auto" else precision == "bf16"
 
 
 @torch.no_grad()
@@ -165,7 +184,45 @@ def log_epoch(args, history):
 
 # ----------------------------------------------------------------------------- training
 
+def learning_rate(args, epoch, progress):
+    """The seed's schedule (decay_rate per epoch), after a linear warm-up of warmup_steps steps."""
+    warmup = args.warmup_steps if args.warmup_steps is not None else (100 if args.init_from else 0)
+    ramp = min(1.0, (progress["step"] - progress["warmup_from"] + 1) / warmup) if warmup else 1.0
+    return args.learning_rate * args.decay_rate ** epoch * ramp
+
+
+def init_from(path, model, data, progress):
+    """Load `path`'s weights into `model` for a new run on `data`; the optimizer starts afresh.
+
+    Refuses a checkpoint whose model, alphabet or normalisation differs from this run's: its
+    weights would read the text or the pen offsets wrongly.
+    """
+    if not os.path.exists(path):
+        raise SystemExit(f"--init_from: no checkpoint at {path}.")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if checkpoint["config"] != asdict(model.config):
+        raise SystemExit(f"--init_from: {path} holds a model with {checkpoint['config']}, not "
+                         f"{asdict(model.config)}; pass the same --task and model options.")
+    if checkpoint["alphabet"] != data.alphabet:
+        raise SystemExit(f"--init_from: {path} was trained with another alphabet than the data's; "
+                         "preprocess the data with that checkpoint's alphabet.")
+    if not (np.allclose(checkpoint["offset_mean"], data.offset_mean, rtol=1e-4)
+            and np.allclose(checkpoint["offset_std"], data.offset_std, rtol=1e-4)):
+        raise SystemExit(f"--init_from: {path} normalises offsets with mean {checkpoint['offset_mean']}, "
+                         f"std {checkpoint['offset_std']}, the data with {data.offset_mean.tolist()}, "
+                         f"{data.offset_std.tolist()}; preprocess the data with that checkpoint's statistics.")
+    model.load_state_dict(checkpoint["model"])
+    epoch, step = checkpoint.get("epoch", 0), checkpoint.get("step", 0)
+    return {**progress, "epoch": epoch, "step": step, "warmup_from": step,
+            "cpu_seconds": checkpoint.get("cpu_seconds", 0.0),
+            "history": list(checkpoint.get("history", [])),
+            "best_validation": checkpoint.get("best_validation", math.inf)}
+
+
 def train(args):
+    uses_bf16(args.device, args.precision)  # refuse an impossible --precision before any work
+    if args.threads:
+        torch.set_num_threads(args.threads)
     os.makedirs(args.model_dir, exist_ok=True)
     train_data = utils.load_data(os.path.join(args.data_dir, "train.npz"))
     valid_data = utils.load_data(os.path.join(args.data_dir, "validation.npz"))
@@ -182,7 +239,8 @@ def train(args):
     model.compile_recurrence = args.compile
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
     progress = {"epoch": 0, "step_in_epoch": 0, "step": 0, "history": [], "best_validation": math.inf,
-                "epoch_nll": 0.0, "epoch_points": 0.0, "epoch_lines": 0}
+                "epoch_nll": 0.0, "epoch_points": 0.0, "epoch_lines": 0, "warmup_from": 0,
+                "cpu_seconds": 0.0}
 
     if args.resume:
         if not os.path.exists(last_path):
@@ -198,6 +256,9 @@ def train(args):
         np.random.set_state(checkpoint["rng"]["numpy"])
         random.setstate(checkpoint["rng"]["python"])
         print(f"resumed {last_path}: epoch {progress['epoch'] + 1}, step {progress['step']}")
+    elif args.init_from:
+        progress = init_from(args.init_from, model, train_data, progress)
+        print(f"initialised from {args.init_from}: epoch {progress['epoch'] + 1}, step {progress['step']}")
 
     lengths = [len(x) for x in train_data.offsets]
     print(f"{args.task}: {sum(p.numel() for p in model.parameters()):,} parameters, "
@@ -207,14 +268,15 @@ def train(args):
         print(f"already at step {progress['step']} >= --max_steps {args.max_steps}; nothing to do")
         return model, progress
     for epoch in range(progress["epoch"], args.num_epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = args.learning_rate * args.decay_rate ** epoch
         # the batch order is a function of (seed, epoch), so a resumed run sees the same batches
         batches = make_batches(lengths, args.batch_size, np.random.default_rng([args.seed, epoch]),
                                args.bucket_pool)
         started, points_this_run = time.time(), 0.0
+        cpu_mark = time.process_time()
         bar = tqdm(batches, initial=progress["step_in_epoch"], desc=f"epoch {epoch + 1}/{args.num_epochs}")
         for indices in batches[progress["step_in_epoch"]:]:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(args, epoch, progress)
             offsets, mask, text, text_mask = collate(train_data, indices, args.timesteps + 1, args.device)
             with autocast(args.device, args.precision):
                 nll, count = sequence_nll(model, offsets, mask, text, text_mask)
@@ -237,6 +299,8 @@ def train(args):
                 points_this_run += count.item()
             progress["step"] += 1
             progress["step_in_epoch"] += 1
+            progress["cpu_seconds"] += time.process_time() - cpu_mark
+            cpu_mark = time.process_time()
             bar.update(1)
             bar.set_postfix(nats_per_point=f"{nll.item() / count.item():.3f}",
                             points_per_s=f"{points_this_run / (time.time() - started):.0f}")
@@ -250,13 +314,16 @@ def train(args):
         bar.close()
 
         valid_seq, valid_point = evaluate(model, valid_data, args.batch_size, args.device)
+        progress["cpu_seconds"] += time.process_time() - cpu_mark
         record = {"epoch": epoch + 1, "step": progress["step"],
                   "learning_rate": optimizer.param_groups[0]["lr"],
                   # training figures are over the (truncated) training windows of this epoch
                   "train_nats_per_sequence": progress["epoch_nll"] / max(progress["epoch_lines"], 1),
                   "train_nats_per_point": progress["epoch_nll"] / max(progress["epoch_points"], 1),
                   "validation_nats_per_sequence": valid_seq, "validation_nats_per_point": valid_point,
-                  "seconds": round(time.time() - started, 1)}
+                  "seconds": round(time.time() - started, 1),
+                  # all processes' CPU time of the whole lineage (--init_from carries it on)
+                  "cpu_hours": round(progress["cpu_seconds"] / 3600, 3)}
         progress["history"].append(record)
         progress["epoch"], progress["step_in_epoch"] = epoch + 1, 0
         progress["epoch_nll"], progress["epoch_points"], progress["epoch_lines"] = 0.0, 0.0, 0

@@ -164,6 +164,8 @@ def test_bench_variants_are_the_same_runs_whatever_is_listed(tmp_path, capsys):
     assert "unknown fastest" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+                    reason="this CPU has no bf16 (AVX2 only): oneDNN cannot run a bf16 LSTM here")
 def test_check_precision_reports_the_fp32_figures_and_a_small_bf16_change(tmp_path, capsys):
     """--check_precision fresh: the fp32 validation figure is evaluate()'s on the seed-0 weights,
     bf16 moves it and the gradients a little, and the same works from a checkpoint's weights."""
@@ -221,3 +223,15 @@ def test_batch_streams_go_on_past_an_epoch_covering_every_line_once_per_epoch(tm
             # each line's first point (random loops, all distinct) identifies it
             firsts = sorted(tuple(row) for offsets, *_ in epoch for row in offsets[:, 0].tolist())
             assert firsts == sorted(tuple(line[0].tolist()) for line in data.offsets)
+
+
+def test_check_precision_is_refused_with_a_sentence_without_bf16(tmp_path, monkeypatch, capsys):
+    """Where the CPU has no bf16, --check_precision stops at once with a sentence, not oneDNN's traceback."""
+    import bench
+    import train
+    from fixtures import write_data_dir
+
+    monkeypatch.setattr(train, "bf16_supported", lambda device: False)
+    with pytest.raises(SystemExit, match="no bf16 support"):
+        bench.main(tiny_bench_args(write_data_dir(tmp_path / "data")) + ["--check_precision", "fresh"])
+    assert "validation" not in capsys.readouterr().out

@@ -375,10 +375,21 @@ def test_make_batches_pool_of_one_is_plain_random_batching():
 
 
 def test_precision_flags_choose_the_autocast_dtype():
-    """auto: bf16 exactly where this CPU has bf16 matrix products; fp32 and bf16 as asked."""
+    """auto: bf16 exactly where this CPU has bf16 matrix products; fp32 and bf16 as asked, and bf16
+    refused with a sentence (not oneDNN's traceback) where the CPU lacks it."""
     supported = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    for precision, expected in [("auto", supported), ("fp32", False), ("bf16", True)]:
+    assert train.bf16_supported("cpu") == supported
+    for precision, expected in [("auto", supported), ("fp32", False)] + ([("bf16", True)] if supported else []):
         with train.autocast("cpu", precision):
             assert torch.is_autocast_enabled("cpu") == expected, precision
             if expected:
                 assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def test_bf16_is_refused_with_a_sentence_where_the_cpu_lacks_it(tmp_path, data_dir, monkeypatch):
+    """On a CPU without bf16 (AVX2 only), --precision bf16 stops before training, naming the fix."""
+    monkeypatch.setattr(train, "bf16_supported", lambda device: False)
+    with pytest.raises(SystemExit, match="no bf16 support.*--precision fp32"):
+        train.train(train.parse_args(["--data_dir", data_dir, "--model_dir", str(tmp_path), "--precision", "bf16",
+                                      "--max_steps", "1", *TINY_MODEL]))
+    assert not os.path.exists(tmp_path / "rand_write_last.pt")
