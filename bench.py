@@ -23,9 +23,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import utils
-from model import HandwritingModel, ModelConfig, point_nll, sequence_nll, split_mixture, window_weights
-from train import autocast, collate, evaluate, make_batches, uses_bf16
+import checkpoint
+import dataset
+from dataset import collate, make_batches
+from evaluate import dataset_nll
+from model import (HandwritingModel, ModelConfig, autocast, point_nll, sequence_nll, split_mixture, uses_bf16,
+                   window_weights)
+from train import add_shared_arguments
 
 
 class StraightforwardModel(nn.Module):
@@ -140,17 +144,11 @@ def fresh_model(model_class, config, seed, args):
     return model
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=["rand_write", "synthesis", "both"], default="both")
-    p.add_argument("--data_dir", default="data")
+    add_shared_arguments(p)  # train.py's model, batch and device options, with its defaults
     p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per implementation")
-    p.add_argument("--batch_size", type=int, default=50)
-    p.add_argument("--timesteps", type=int, default=800)
-    p.add_argument("--cell_size", type=int, default=400)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="for ours")
-    p.add_argument("--compile", action="store_true", help="for ours: torch.compile the synthesis step "
-                   "(train.py --compile); compiling happens in the untimed warm-up step")
     p.add_argument("--compare_loss", type=int, default=0,
                    help="also train each implementation this many steps and compare validation NLL")
     p.add_argument("--compare_every", type=int, default=40, help="evaluate every N steps of --compare_loss")
@@ -166,56 +164,63 @@ def main(argv=None):
     p.add_argument("--check_precision", metavar="CHECKPOINT",
                    help="instead of timing: compare bf16 with fp32 validation NLL and gradients for a "
                         "checkpoint's weights (its task), or 'fresh' for newly initialised ones")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core), as train.py")
     args = p.parse_args(argv)
     args.variants = args.variants.split(",")
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         p.error(f"--variants: unknown {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
+    return args
 
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.check_precision:
         uses_bf16(args.device, "bf16")  # the comparison needs bf16: refuse where there is none
     uses_bf16(args.device, args.precision)
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = utils.load_data(os.path.join(args.data_dir, "train.npz"))
+    data = dataset.load_data(os.path.join(args.data_dir, "train.npz"))
     where = torch.cuda.get_device_name(args.device) if torch.device(args.device).type == "cuda" \
         else f"cpu, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}, {len(data)} training lines, "
           f"batch {args.batch_size} x {args.timesteps} steps, cell {args.cell_size}")
     if args.check_precision not in (None, "fresh"):
-        model, _ = utils.load_checkpoint(args.check_precision, args.device)
+        model = checkpoint.build_model(checkpoint.load(args.check_precision, args.device), args.device)
         print(f"weights from {args.check_precision}: {model.config}")
         check_precision(model, data, args)
         return
-    tasks = ["rand_write", "synthesis"] if args.task == "both" else [args.task]
-    for task in tasks:
-        config = ModelConfig(task=task, cell_size=args.cell_size, alphabet_size=len(data.alphabet))
+    for task in ["rand_write", "synthesis"] if args.task == "both" else [args.task]:
+        config = ModelConfig(task=task, cell_size=args.cell_size, num_clusters=args.num_clusters, K=args.K,
+                             alphabet_size=len(data.alphabet))
         if args.check_precision == "fresh":
             check_precision(fresh_model(HandwritingModel, config, 0, args), data, args)
             continue
-        results = {}
-        for name, model_class, batches, loss_fn, precision in [
-            ("straightforward", StraightforwardModel, padded_batches, straightforward_nll, "fp32"),
-            ("ours", HandwritingModel, bucketed_batches, sequence_nll, args.precision),
-        ]:
-            model = fresh_model(model_class, config, 0, args)
-            rng = np.random.default_rng(0)
-            step_s, points_s = run(model, batches(data, args.batch_size, args.timesteps, rng),
-                                   loss_fn, args.steps, precision, device=args.device)
-            results[name] = points_s
-            print(f"{task:10s} {name:15s} {step_s:6.2f} s/step  {points_s:8.0f} real points/s")
-        print(f"{task:10s} speed-up {results['ours'] / results['straightforward']:.2f}x")
+        time_both(config, data, args)
         if args.compare_loss:
             compare_loss(config, data, args)
 
 
+def time_both(config, data, args):
+    """Points per second of the straightforward implementation and ours, from the same weights."""
+    results = {}
+    for name, model_class, batches, loss_fn, precision in [
+        ("straightforward", StraightforwardModel, padded_batches, straightforward_nll, "fp32"),
+        ("ours", HandwritingModel, bucketed_batches, sequence_nll, args.precision),
+    ]:
+        model = fresh_model(model_class, config, 0, args)
+        rng = np.random.default_rng(0)
+        step_s, points_s = run(model, batches(data, args.batch_size, args.timesteps, rng),
+                               loss_fn, args.steps, precision, device=args.device)
+        results[name] = points_s
+        print(f"{config.task:10s} {name:15s} {step_s:6.2f} s/step  {points_s:8.0f} real points/s")
+    print(f"{config.task:10s} speed-up {results['ours'] / results['straightforward']:.2f}x")
+
+
 def validation_subset(args):
     """The same --validation_lines lines of the validation split for every run."""
-    valid = utils.load_data(os.path.join(args.data_dir, "validation.npz"))
+    valid = dataset.load_data(os.path.join(args.data_dir, "validation.npz"))
     subset = np.random.default_rng(0).choice(len(valid), min(args.validation_lines, len(valid)), replace=False)
-    return utils.HandwritingData([valid.offsets[i] for i in subset], [valid.text_codes[i] for i in subset],
+    return dataset.HandwritingData([valid.offsets[i] for i in subset], [valid.text_codes[i] for i in subset],
                                  [valid.texts[i] for i in subset], [valid.line_ids[i] for i in subset],
                                  valid.alphabet, valid.offset_mean, valid.offset_std)
 
@@ -239,7 +244,7 @@ def check_precision(model, data, args, batches=3):
     figures = {}
     for precision in ["fp32", "bf16"]:
         with autocast(args.device, precision):
-            figures[precision] = evaluate(model, valid, args.batch_size, args.device)
+            figures[precision] = dataset_nll(model, valid, args.batch_size, args.device)
     print(f"{task:10s} validation {figures['fp32'][0]:.2f} nats/seq in fp32, {figures['bf16'][0]:.2f} in bf16 "
           f"({len(valid)} lines)")
     stream = bucketed_batches(data, args.batch_size, args.timesteps, np.random.default_rng(0))
@@ -271,7 +276,7 @@ def compare_loss(config, data, args):
             for j, done in enumerate(checkpoints):
                 run(model, stream, sequence_nll, args.compare_every, precision, warmup=0, optimizer=optimizer,
                     device=args.device)
-                per_sequence, per_point = evaluate(model, valid, args.batch_size, args.device)
+                per_sequence, per_point = dataset_nll(model, valid, args.batch_size, args.device)
                 results[name][row, j] = per_sequence
                 print(f"{config.task:10s} {name:22s} seed {seed} after {done} steps: validation "
                       f"{per_sequence:.1f} nats/seq, {per_point:.4f} nats/point (fp32 evaluation)")

@@ -10,7 +10,7 @@ trainset.txt, testset_v.txt, testset_t.txt, testset_f.txt. Register at
 https://fki.tic.heia-fr.ch/databases/iam-on-line-handwriting-database to download them.
 Alternatively the widely circulated pre-processed pair strokes.npy + sentences.txt.
 
-What comes out (format in utils.HandwritingData): one line of handwriting = float32 rows
+What comes out (format in dataset.HandwritingData): one line of handwriting = float32 rows
 [end_of_stroke, dx, dy]. Choices made here, each measured on the 11,842 lines of IAM-OnDB:
 
 * Offsets. Row t holds point[t] - point[t-1]; row 0 holds [0, 0] (the line's first point is
@@ -36,7 +36,7 @@ What comes out (format in utils.HandwritingData): one line of handwriting = floa
   lines than the form has stroke files (the k-th line pairing can no longer be trusted).
 * Normalisation: dx and dy become (value - mean) / std with the mean and standard deviation
   of all training rows (row 0 and pen-up jumps included); both files store those statistics.
-* Texts: the CSR lines are untokenised (see `untokenise`) and encoded with utils.encode_text.
+* Texts: the CSR lines are untokenised (see `untokenise`) and encoded with dataset.encode_text.
 * Split (default "graves", Graves section 4.2): training = trainset + testset_t + testset_f,
   validation = testset_v. "official": training = trainset, validation = testset_v.
 """
@@ -52,6 +52,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+import dataset
 import utils
 
 DATABASE_URL = "https://fki.tic.heia-fr.ch/databases/iam-on-line-handwriting-database"
@@ -106,8 +107,8 @@ def preprocess(data_dir="data", out_dir="data", split="graves", strokes=None, se
     # two are renamed only after both writes succeeded.
     with utils.atomic_path(os.path.join(out_dir, "train.npz")) as train_tmp, \
             utils.atomic_path(os.path.join(out_dir, "validation.npz")) as validation_tmp:
-        utils.save_data(train_tmp, train)
-        utils.save_data(validation_tmp, validation)
+        dataset.save_data(train_tmp, train)
+        dataset.save_data(validation_tmp, validation)
     summary["seconds"] = time.perf_counter() - start
     summary["out_dir"] = os.path.abspath(out_dir)
     if verbose:
@@ -621,13 +622,13 @@ def build_splits(lines, summary):
         group = by_split[which]
         for line in group:
             characters.update(line["text"])
-            unknown.update(ch for ch in line["text"] if ch not in utils.ALPHABET)
-        result.append(utils.HandwritingData(
+            unknown.update(ch for ch in line["text"] if ch not in dataset.ALPHABET)
+        result.append(dataset.HandwritingData(
             offsets=[normalise(l["offsets"], mean, std) for l in group],
-            text_codes=[utils.encode_text(l["text"]) for l in group],
+            text_codes=[dataset.encode_text(l["text"]) for l in group],
             texts=[l["text"] for l in group],
             line_ids=[l["line_id"] for l in group],
-            alphabet=utils.ALPHABET,
+            alphabet=dataset.ALPHABET,
             offset_mean=mean.astype(np.float32),
             offset_std=std.astype(np.float32)))
         lengths = np.array([len(l["offsets"]) for l in group])
@@ -681,7 +682,7 @@ def format_summary(s):
     out.append(f"  rare (<= 10 uses): {rare or 'none'}")
     unknown = s["unknown_characters"]
     out.append("  characters outside the alphabet, written as "
-               f"{utils.UNKNOWN_REPLACEMENT!r}: " +
+               f"{dataset.UNKNOWN_REPLACEMENT!r}: " +
                (", ".join(f"{ch!r} {n}" for ch, n in unknown.most_common()) if unknown else "none"))
     for message in s["warnings"]:
         out.append(f"  warning: {message}")

@@ -14,10 +14,15 @@ Speed: only what truly depends on the previous step runs in a Python loop. For r
 layers are fused nn.LSTMs. For synthesis, layer 1 and the window form the recurrence, so they loop
 (with x's share of layer 1's gates computed for all steps at once); layer 2 and the output layer
 see only values the loop has already produced, so they run afterwards as one fused nn.LSTM and one
-matrix product over the whole sequence.
+matrix product over the whole sequence. That recurrence has a hand-written backward pass
+(WindowedLSTM); reference_recurrence beside it is the same maths written plainly, for the tests.
+
+The model owns its sampling: generate() writes a batch of lines point by point (generate.Writer
+adds the alphabet and the normalisation that a checkpoint carries).
 """
 import functools
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
@@ -39,6 +44,35 @@ class ModelConfig:
     def __post_init__(self):
         if self.task not in ("rand_write", "synthesis"):
             raise ValueError(f"task must be 'rand_write' or 'synthesis', not {self.task!r}")
+
+
+# ----------------------------------------------------------------------------- precision
+
+def bf16_supported(device):
+    """Whether `device` runs bf16 matrix products (and oneDNN's bf16 LSTM, on a CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def uses_bf16(device, precision):
+    """Whether `precision` ("auto", "fp32", "bf16") means bf16 on `device`; refuses an impossible bf16."""
+    if precision == "bf16" and not bf16_supported(device):
+        raise SystemExit(f"--precision bf16: this {torch.device(device).type.upper()} has no bf16 support "
+                         "(a CPU needs AVX-512 with bf16, or AMX); use --precision fp32 or auto.")
+    return bf16_supported(device) if precision == "auto" else precision == "bf16"
+
+
+def autocast(device, precision):
+    """The autocast context for `precision`: bf16 matrix products, or none for fp32.
+
+    "auto" is bf16 where the hardware has it. Measured for synthesis on IAM-OnDB (README, Speed):
+    over five seeds bf16 ended 200 steps no worse than fp32; it moves a batch's gradient by
+    0.4-12% of its size where the next batch moves it by 31-188%; and it evaluates the same
+    weights within 0.3 nats per line of fp32. The loss, and the window's state, stay fp32 anyway.
+    """
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
 
 
 # ----------------------------------------------------------------------------- mixture output
@@ -218,6 +252,70 @@ class HandwritingModel(nn.Module):
             new_state = State(h1_last, c1_last, h2_last[0], c2_last[0])
         return y, new_state, phi
 
+    # ------------------------------------------------------------------------- generation
+
+    @torch.inference_mode()
+    def generate(self, start, length=None, text=None, text_mask=None, bias=0.0, generator=None,
+                 max_points_per_char=40):
+        """Sample pen offsets point by point, all lines as one batch (Graves sections 4 and 5).
+
+        start (B, 3): each line's first input row in normalised units (training lines all start
+        with the zero offset; generate.Writer passes that row). rand_write writes `length` points
+        per line. synthesis writes the texts given as codes (B, U) with text_mask (B, U); a line
+        ends by Graves' rule (`finished`), or after max_points_per_char * (characters + 1) points,
+        when it is `capped`. A finished line stops changing while the others go on.
+
+        Returns (offsets, phis, capped): offsets[b] float32 (T_b + 1, 3), normalised, starting
+        with start[b]; phis[b] (T_b, U_b), the window that produced each point (synthesis; else
+        None); capped[b] bool.
+        """
+        synthesis = self.config.task == "synthesis"
+        if synthesis and text is None:
+            raise ValueError("a synthesis model writes a text: pass text and text_mask")
+        if not synthesis and length is None:
+            raise ValueError("a rand_write model needs a length (points per line)")
+        B, device = start.shape[0], self.output_layer.weight.device
+        if synthesis:
+            text, text_mask = text.to(device), text_mask.to(device)
+            lengths = text_mask.sum(1).long()
+            caps = max_points_per_char * (lengths + 1)
+        else:
+            caps = torch.full((B,), length - 1, device=device)
+        x = start.to(device, self.output_layer.weight.dtype).reshape(B, 1, 3)
+        state = self.initial_state(B, device)
+        points, phis = [x[:, 0]], []
+        steps = torch.zeros(B, dtype=torch.int64, device=device)  # points generated per line
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        capped = torch.zeros(B, dtype=torch.bool, device=device)
+        with one_step_lstm():
+            while not done.all():
+                kappa_prev = state.kappa
+                y, state, phi = self(x, text, text_mask, state=state, return_phi=synthesis)
+                if synthesis:
+                    # phi(t, .) was computed after reading point t and decides point t+1: if the
+                    # window has moved past the text, the line ends here, without that point
+                    phi = phi[:, 0]
+                    done |= finished(phi, self.phi_after_text(state.h1, kappa_prev, lengths))
+                    phis.append(phi)
+                x = sample_mixture(split_mixture(y[:, 0], bias), generator).unsqueeze(1)
+                points.append(x[:, 0])
+                steps += ~done
+                reached_cap = ~done & (steps >= caps)
+                capped |= reached_cap & synthesis
+                done |= reached_cap
+        offsets = torch.stack(points, dim=1).float().cpu().numpy()
+        steps = steps.tolist()
+        lines = [offsets[b, :steps[b] + 1] for b in range(B)]
+        if not synthesis:
+            return lines, None, [False] * B
+        phis = torch.stack(phis, dim=1).float().cpu().numpy()
+        return lines, [phis[b, :steps[b], :lengths[b]] for b in range(B)], capped.tolist()
+
+    def phi_after_text(self, h1, kappa_prev, lengths):
+        """phi(t, U_b) for each line b: the window's weight on the position just past its text."""
+        phi = self.window_at(h1, kappa_prev, int(lengths.max()) + 1)
+        return phi.gather(1, lengths.unsqueeze(1)).squeeze(1)
+
     def window_at(self, h1, kappa_prev, num_positions):
         """phi (B, num_positions): the window that layer 1's output h1 (B, H) puts on text positions
         0 .. num_positions-1, with no mask, from the previous positions kappa_prev (B, K).
@@ -244,6 +342,60 @@ class HandwritingModel(nn.Module):
             self.layer1_recurrent.weight, self.window_layer.weight, self.window_layer.bias,
             one_hot, text_mask.to(dtype), matmul_dtype, self.compile_recurrence)
         return h1, c1, kappa, windows, (phi if return_phi else None)
+
+
+def finished(phi_text, phi_after):
+    """Graves' stopping rule: phi of the position after the text beats phi of every real character.
+
+    phi_text (B, U): window weights of the characters (0 on padding, which never wins, as phi >= 0);
+    phi_after (B,): the weight the same window gives position U_b, just past line b's text.
+    Returns (B,) bool.
+    """
+    return phi_after > phi_text.max(dim=-1).values
+
+
+@contextmanager
+def one_step_lstm():
+    """Context for stepping nn.LSTM one point at a time on a CPU.
+
+    The oneDNN (mkldnn) LSTM kernel repacks its weights at every call: for one time step that
+    takes several times longer than the step itself, so the plain kernel is used instead.
+    """
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
+
+
+# ----------------------------------------------------------------------------- layer 1 and the window
+#
+# The recurrence twice: reference_recurrence, written plainly under autograd, says what is
+# computed; WindowedLSTM computes the same with a hand-written backward pass, several times faster.
+# tests/test_model.py holds the two to each other, values and gradients.
+
+def reference_recurrence(input_gates, h, c, kappa, window, recurrent_weight, window_weight, window_bias,
+                         one_hot, text_mask):
+    """Layer 1 and the window, one time step after another, as autograd sees them.
+
+    input_gates (B, T, 4H): x's share of layer 1's gates, ordered (i, f, o, g); h, c (B, H),
+    kappa (B, K) and window (B, A): the state before the first step; recurrent_weight (4H, H + A)
+    acts on [h_{t-1}, w_{t-1}]. Returns (h (B, T, H), windows (B, T, A), last c, last kappa, phi (B, T, U)).
+    """
+    H = h.shape[1]
+    hs, windows, phis = [], [], []
+    for x_gates in input_gates.unbind(1):
+        z = x_gates + torch.cat([h, window], dim=1) @ recurrent_weight.t()
+        i, f, o = torch.sigmoid(z[:, :3 * H]).chunk(3, dim=1)
+        g = torch.tanh(z[:, 3 * H:])
+        c = f * c + i * g
+        h = o * torch.tanh(c)
+        alpha_hat, beta_hat, kappa_hat = F.linear(h, window_weight, window_bias).chunk(3, dim=1)
+        phi, kappa = window_weights(alpha_hat, beta_hat, kappa_hat, kappa, text_mask)
+        window = torch.bmm(phi.unsqueeze(1), one_hot).squeeze(1)
+        hs.append(h), windows.append(window), phis.append(phi)
+    return torch.stack(hs, 1), torch.stack(windows, 1), c, kappa, torch.stack(phis, 1)
 
 
 def _forward_step(x_gates, h, c, kappa, window, W, window_weight, window_bias, one_hot, text_mask,
@@ -309,7 +461,7 @@ class WindowedLSTM(torch.autograd.Function):
     leaving the weight gradients to one large matrix product each after the loop. Gates are
     ordered (i, f, o, g) so one sigmoid covers three of them. With `compile`, torch.compile fuses
     each step's elementwise operations (opt-in: compiling takes a while at the start).
-    tests/test_bench.py checks values and gradients against the plain autograd loop, and gradcheck.
+    tests/test_model.py checks values and gradients against reference_recurrence, and gradcheck.
     """
 
     @staticmethod

@@ -1,37 +1,14 @@
-"""Shared helpers: the text alphabet, the processed-data file format, atomic writes.
+"""Files and pictures: atomic writes, and drawing pen offsets as PNG, SVG and plots.
 
-Every script that touches data on disk goes through here, so the format has one definition.
+Every file the project writes goes through atomic_path, so a crash never leaves half a file.
+The drawing helpers take lines in pen units (generate.Writer gives them) and use matplotlib's
+Figure directly, not pyplot: they neither need nor change the global backend.
 """
 import os
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
-
-# Every character of the IAM-OnDB CSR transcriptions: letters (Q, X, Z included),
-# digits and the punctuation the writers used. Code i is ALPHABET[i].
-ALPHABET = (" !\"#%&'()*+,-./0123456789:;?@"
-            "ABCDEFGHIJKLMNOPQRSTUVWXYZ[]_abcdefghijklmnopqrstuvwxyz")
-# The one rule for a character outside the alphabet, in training and generation alike:
-# it is written as this character (a space: the pen leaves a gap rather than guess a shape).
-UNKNOWN_REPLACEMENT = " "
-
-
-def unknown_characters(text, alphabet=ALPHABET):
-    """The distinct characters of `text` that `alphabet` lacks, sorted."""
-    return sorted(set(text) - set(alphabet))
-
-
-def encode_text(text, alphabet=ALPHABET):
-    """Text -> int64 codes (indices into `alphabet`); unknown characters become UNKNOWN_REPLACEMENT."""
-    index = {ch: i for i, ch in enumerate(alphabet)}
-    replacement = index[UNKNOWN_REPLACEMENT]
-    return np.array([index.get(ch, replacement) for ch in text], dtype=np.int64)
-
-
-def decode_text(codes, alphabet=ALPHABET):
-    return "".join(alphabet[int(c)] for c in codes)
 
 
 @contextmanager
@@ -55,104 +32,6 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-@dataclass
-class HandwritingData:
-    """One split of processed handwriting: a list of lines, each offsets + text.
-
-    offsets[i]:    float32 (T_i, 3) rows [end_of_stroke, dx, dy]; dx, dy normalised with
-                   offset_mean/offset_std (y grows upwards); end_of_stroke is 1 on the last
-                   point of each pen stroke.
-    text_codes[i]: int64 (U_i,) indices into `alphabet`.
-    """
-    offsets: list
-    text_codes: list
-    texts: list
-    line_ids: list
-    alphabet: str
-    offset_mean: np.ndarray  # (2,) raw-unit mean of dx, dy over the training split
-    offset_std: np.ndarray   # (2,) raw-unit standard deviation of dx, dy
-
-    def __len__(self):
-        return len(self.offsets)
-
-
-def save_data(path, data):
-    """Write a split as one .npz (concatenated arrays + lengths; no pickles), atomically."""
-    with atomic_path(path) as tmp:
-        np.savez(
-            tmp,
-            points=np.concatenate(data.offsets).astype(np.float32) if len(data) else np.zeros((0, 3), np.float32),
-            point_lengths=np.array([len(o) for o in data.offsets], dtype=np.int64),
-            text_codes=np.concatenate(data.text_codes).astype(np.int64) if len(data) else np.zeros(0, np.int64),
-            text_lengths=np.array([len(c) for c in data.text_codes], dtype=np.int64),
-            texts=np.array(data.texts, dtype=str),
-            line_ids=np.array(data.line_ids, dtype=str),
-            alphabet=np.array(data.alphabet),
-            offset_mean=np.asarray(data.offset_mean, dtype=np.float32),
-            offset_std=np.asarray(data.offset_std, dtype=np.float32),
-        )
-
-
-def load_data(path):
-    """Read a split written by save_data."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{path} does not exist. Run `python data_preprocessing.py` first "
-            "(see README.md for where to put the IAM-OnDB files).")
-    with np.load(path, allow_pickle=False) as f:
-        n = len(f["point_lengths"])
-        return HandwritingData(
-            offsets=np.split(f["points"], np.cumsum(f["point_lengths"])[:-1]) if n else [],
-            text_codes=np.split(f["text_codes"], np.cumsum(f["text_lengths"])[:-1]) if n else [],
-            texts=[str(t) for t in f["texts"]],
-            line_ids=[str(t) for t in f["line_ids"]],
-            alphabet=str(f["alphabet"]),
-            offset_mean=f["offset_mean"].copy(),
-            offset_std=f["offset_std"].copy(),
-        )
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def load_checkpoint(path, device="cpu"):
-    """Load a checkpoint written by train.py onto any device (a GPU run loads on a CPU).
-
-    Returns (model in eval mode, checkpoint dict); the dict holds the alphabet and the
-    normalisation statistics that generation needs.
-    """
-    import torch
-    from model import HandwritingModel, ModelConfig
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}: train one with train.py or pass --checkpoint PATH")
-    checkpoint = torch.load(path, map_location=device, weights_only=False)
-    model = HandwritingModel(ModelConfig(**checkpoint["config"])).to(device)
-    model.load_state_dict(checkpoint["model"])
-    return model.eval(), checkpoint
-
-
-# keys of a training checkpoint that only resuming needs
-RESUME_ONLY_KEYS = ("optimizer", "rng")
-
-
-def export_checkpoint(src, dst):
-    """Write the part of training checkpoint `src` that generation needs to `dst` (atomically).
-
-    Drops the optimizer moments and RNG states (two thirds of the file) and stores the weights on
-    the CPU; keeps the configuration, alphabet, normalisation and training history. The result
-    loads with load_checkpoint but cannot be resumed. Used to make the shipped save/<task>.pt.
-    """
-    import torch
-
-    checkpoint = torch.load(src, map_location="cpu", weights_only=False)
-    if "model" not in checkpoint or "config" not in checkpoint:
-        raise ValueError(f"{src} is not a train.py checkpoint (it has no 'model' and 'config')")
-    exported = {k: v for k, v in checkpoint.items() if k not in RESUME_ONLY_KEYS}
-    exported["exported_from"] = os.path.basename(src)
-    with atomic_path(dst) as tmp:
-        torch.save(exported, tmp)
 
 
 # ----------------------------------------------------------------------------- plots
@@ -180,16 +59,7 @@ def plot_loss_curves(history, path=None, title="", ax=None):
 
 # ----------------------------------------------------------------------------- strokes and drawings
 #
-# Lines are arrays of pen offsets [end_of_stroke, dx, dy] in pen units (see denormalise), y
-# growing upwards. The drawing helpers use matplotlib's Figure directly, not pyplot: they neither
-# need nor change the global backend, so they work alike in scripts and in a notebook.
-
-def denormalise(offsets, mean, std):
-    """Normalised offsets (n, 3) -> pen units: dx, dy = normalised * std + mean (a new array)."""
-    out = np.array(offsets, dtype=np.float64, copy=True)
-    out[:, 1:] = out[:, 1:] * np.asarray(std, dtype=np.float64) + np.asarray(mean, dtype=np.float64)
-    return out
-
+# Lines are arrays of pen offsets [end_of_stroke, dx, dy] in pen units, y growing upwards.
 
 def offsets_to_strokes(offsets):
     """Offsets (n, 3) -> list of (k, 2) absolute-coordinate arrays, one per pen stroke.

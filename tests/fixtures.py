@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-import utils
+import dataset
 
 TINY_MODEL = ["--cell_size", "16", "--num_clusters", "3", "--K", "2", "--batch_size", "8"]
 
@@ -24,17 +24,17 @@ def make_handwriting_data(num_lines, seed=0, points_per_char=8):
         line[:, 2] = np.sin(t * 0.8) + 0.1 * rng.standard_normal(n)
         line[points_per_char - 1::points_per_char, 0] = 1  # a pen lift after every character
         offsets.append(line)
-        codes.append(utils.encode_text(text))
+        codes.append(dataset.encode_text(text))
         texts.append(text)
-    return utils.HandwritingData(offsets, codes, texts, [f"line-{i}" for i in range(num_lines)],
-                                 utils.ALPHABET, np.array([0.5, -0.2], np.float32),
+    return dataset.HandwritingData(offsets, codes, texts, [f"line-{i}" for i in range(num_lines)],
+                                 dataset.ALPHABET, np.array([0.5, -0.2], np.float32),
                                  np.array([2.0, 3.0], np.float32))
 
 
 def write_data_dir(path, num_train=32, num_validation=8):
     os.makedirs(path, exist_ok=True)
-    utils.save_data(os.path.join(path, "train.npz"), make_handwriting_data(num_train, seed=1))
-    utils.save_data(os.path.join(path, "validation.npz"), make_handwriting_data(num_validation, seed=2))
+    dataset.save_data(os.path.join(path, "train.npz"), make_handwriting_data(num_train, seed=1))
+    dataset.save_data(os.path.join(path, "validation.npz"), make_handwriting_data(num_validation, seed=2))
     return str(path)
 
 

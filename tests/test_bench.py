@@ -1,5 +1,4 @@
-"""Our restructured synthesis recurrence (fused layer 2, hand-written backward through time for
-layer 1 and the window) computes exactly what the plain cell-by-cell autograd loop computes."""
+"""bench.py: its straightforward baseline computes what our model computes, and its command line."""
 import shutil
 
 import pytest
@@ -62,42 +61,6 @@ def test_ours_matches_the_straightforward_loop_values_and_gradients():
             torch.testing.assert_close(ours.layer1_input.weight.grad[to_cell_order], plain.cell1.weight_ih.grad[:, :3])
             torch.testing.assert_close(ours.layer1_input.bias.grad[to_cell_order], plain.cell1.bias_hh.grad)
             torch.testing.assert_close(ours.layer2.weight_hh_l0.grad, plain.cell2.weight_hh.grad)
-
-
-def test_windowed_lstm_gradcheck():
-    """Every input of the hand-written backward, against finite differences, with a nonzero start state."""
-    from model import WindowedLSTM
-    torch.manual_seed(1)
-    B, T, H, K, U, A = 2, 4, 3, 2, 4, 5
-    d = dict(dtype=torch.float64, requires_grad=True)
-    inputs = (torch.randn(B, T, 4 * H, **d), torch.randn(B, H, **d), torch.randn(B, H, **d),
-              torch.rand(B, K, **d), torch.rand(B, A, **d), torch.randn(4 * H, H + A, **d),
-              torch.randn(3 * K, H, **d), torch.randn(3 * K, **d))
-    one_hot = torch.nn.functional.one_hot(torch.randint(0, A, (B, U)), A).double()
-    text_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.float64)
-    fn = lambda *x: WindowedLSTM.apply(*x, one_hot, text_mask, torch.float64)[:4]
-    assert torch.autograd.gradcheck(fn, inputs)
-
-
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                    reason="torch.compile needs a C++ compiler on the CPU")
-def test_compiled_steps_match_eager():
-    """train.py --compile runs the same step functions through torch.compile: same values and gradients."""
-    from model import WindowedLSTM
-    torch.manual_seed(2)
-    B, T, H, K, U, A = 3, 6, 5, 2, 4, 7
-    inputs = [torch.randn(B, T, 4 * H), torch.randn(B, H), torch.randn(B, H), torch.rand(B, K),
-              torch.rand(B, A), torch.randn(4 * H, H + A), torch.randn(3 * K, H), torch.randn(3 * K)]
-    one_hot = torch.nn.functional.one_hot(torch.randint(0, A, (B, U)), A).float()
-    text_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.float32)
-    results = []
-    for compile in [False, True]:
-        leaves = [x.clone().requires_grad_() for x in inputs]
-        hs, ws, c, kappa, phi = WindowedLSTM.apply(*leaves, one_hot, text_mask, torch.float32, compile)
-        (hs.sin().sum() + ws.cos().sum() + c.sum() + kappa.sum()).backward()
-        results.append([hs, ws, c, kappa, phi] + [x.grad for x in leaves])
-    for eager, compiled in zip(*results):
-        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
 def tiny_bench_args(data_dir):
@@ -174,10 +137,11 @@ def test_check_precision_reports_the_fp32_figures_and_a_small_bf16_change(tmp_pa
     import torch
 
     import bench
-    import utils
+    import checkpoint
+    import dataset
+    from evaluate import dataset_nll as evaluate
     from fixtures import train_tiny, write_data_dir
     from model import HandwritingModel, ModelConfig
-    from train import evaluate
 
     data_dir = write_data_dir(tmp_path / "data")
     args = tiny_bench_args(data_dir)
@@ -186,7 +150,7 @@ def test_check_precision_reports_the_fp32_figures_and_a_small_bf16_change(tmp_pa
     fp32, bf16 = (float(v) for v in re.search(
         r"synthesis  validation (-?\d+\.\d\d) nats/seq in fp32, (-?\d+\.\d\d) in bf16 \(4 lines\)", out).groups())
     torch.manual_seed(0)
-    model = HandwritingModel(ModelConfig(task="synthesis", cell_size=8, alphabet_size=len(utils.ALPHABET)))
+    model = HandwritingModel(ModelConfig(task="synthesis", cell_size=8, alphabet_size=len(dataset.ALPHABET)))
     valid = bench.validation_subset(bench.argparse.Namespace(data_dir=data_dir, validation_lines=4))
     assert abs(fp32 - evaluate(model, valid, 4, "cpu")[0]) <= 0.006
     assert fp32 != bf16 and abs(fp32 - bf16) < 0.02 * abs(fp32)
@@ -196,12 +160,12 @@ def test_check_precision_reports_the_fp32_figures_and_a_small_bf16_change(tmp_pa
     assert all(0 < d < 0.1 for d in bf16_distances)
     assert all(d > 0.1 for d in batch_distances)  # different data moves the gradient far more
 
-    checkpoint = train_tiny(tmp_path / "run", "synthesis")
+    checkpoint_path = train_tiny(tmp_path / "run", "synthesis")
     bench.main(["--data_dir", data_dir, "--batch_size", "4", "--timesteps", "30", "--validation_lines", "4",
-                "--device", "cpu", "--check_precision", checkpoint])
+                "--device", "cpu", "--check_precision", checkpoint_path])
     out = capsys.readouterr().out
     fp32 = float(re.search(r"validation (-?\d+\.\d\d) nats/seq in fp32", out).group(1))
-    trained, _ = utils.load_checkpoint(checkpoint)
+    trained = checkpoint.build_model(checkpoint.load(checkpoint_path))
     assert abs(fp32 - evaluate(trained, valid, 4, "cpu")[0]) <= 0.006
     assert "speed-up" not in out
 
@@ -228,10 +192,10 @@ def test_batch_streams_go_on_past_an_epoch_covering_every_line_once_per_epoch(tm
 def test_check_precision_is_refused_with_a_sentence_without_bf16(tmp_path, monkeypatch, capsys):
     """Where the CPU has no bf16, --check_precision stops at once with a sentence, not oneDNN's traceback."""
     import bench
-    import train
+    import model
     from fixtures import write_data_dir
 
-    monkeypatch.setattr(train, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(model, "bf16_supported", lambda device: False)
     with pytest.raises(SystemExit, match="no bf16 support"):
         bench.main(tiny_bench_args(write_data_dir(tmp_path / "data")) + ["--check_precision", "fresh"])
     assert "validation" not in capsys.readouterr().out

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import data_preprocessing as dp
-import utils
+import dataset
 
 # ----------------------------------------------------------------------------- fixture helpers
 
@@ -269,7 +269,7 @@ def iam(tmp_path):
 
 
 def check_fixture_output(out_dir, summary):
-    train, validation = utils.load_data(out_dir / "train.npz"), utils.load_data(out_dir / "validation.npz")
+    train, validation = dataset.load_data(out_dir / "train.npz"), dataset.load_data(out_dir / "validation.npz")
     assert train.line_ids == TRAIN_IDS and train.texts == TRAIN_TEXTS
     assert validation.line_ids == ["a01-001-01"] and validation.texts == ['He said: "yes".']
     # Training statistics, from the hand-computed raw rows of the four training lines.
@@ -277,7 +277,7 @@ def check_fixture_output(out_dir, summary):
     for data in (train, validation):
         np.testing.assert_allclose(data.offset_mean, rows.mean(axis=0), rtol=1e-6)
         np.testing.assert_allclose(data.offset_std, rows.std(axis=0), rtol=1e-6)
-        assert data.alphabet == utils.ALPHABET
+        assert data.alphabet == dataset.ALPHABET
     for i, expected in enumerate(TRAIN_OFFSETS):
         assert train.offsets[i].dtype == np.float32
         np.testing.assert_allclose(raw_offsets(train, i), expected, atol=1e-4)
@@ -285,8 +285,8 @@ def check_fixture_output(out_dir, summary):
     # Normalised values, one checked by hand: line A row 1, dx = (3 - mean) / std.
     np.testing.assert_allclose(train.offsets[0][1, 1], (3 - rows[:, 0].mean()) / rows[:, 0].std(), rtol=1e-5)
     # Texts: é is not in the alphabet and is written as a space.
-    assert utils.decode_text(train.text_codes[3]) == "caf  (2)"
-    np.testing.assert_array_equal(train.text_codes[0], [utils.ALPHABET.index(c) for c in "Mr. Foot's line,"])
+    assert dataset.decode_text(train.text_codes[3]) == "caf  (2)"
+    np.testing.assert_array_equal(train.text_codes[0], [dataset.ALPHABET.index(c) for c in "Mr. Foot's line,"])
     assert summary["unknown_characters"] == Counter({"é": 1})
     assert summary["dropped"] == Counter({"empty": 1, "fewer than 10 points": 1, "malformed XML": 1,
                                           "transcription shorter than strokes": 2, "missing transcription": 1})
@@ -313,7 +313,7 @@ def test_preprocess_archives_match_folders(iam, tmp_path, capsys):
     assert not (iam / "lineStrokes").exists()
     summary = dp.preprocess(iam, tmp_path / "from_archives")
     train, _ = check_fixture_output(tmp_path / "from_archives", summary)
-    reference = utils.load_data(tmp_path / "from_folders" / "train.npz")
+    reference = dataset.load_data(tmp_path / "from_folders" / "train.npz")
     for a, b in zip(train.offsets, reference.offsets):
         np.testing.assert_array_equal(a, b)
     printed = capsys.readouterr().out
@@ -323,7 +323,7 @@ def test_preprocess_archives_match_folders(iam, tmp_path, capsys):
 
 def test_official_split(iam, tmp_path):
     summary = dp.preprocess(iam, tmp_path / "out", split="official", verbose=False)
-    train = utils.load_data(tmp_path / "out" / "train.npz")
+    train = dataset.load_data(tmp_path / "out" / "train.npz")
     assert train.line_ids == ["a01-000u-01", "a01-000u-02"]
     assert summary["lines_unused_split"] == 2  # b02-003-01 (testset_t), c03-000-01 (testset_f)
 
@@ -333,7 +333,7 @@ def test_main_defaults_to_data_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert dp.main([]) == 0
     assert output_files(tmp_path / "data").count("train.npz") == 1
-    assert len(utils.load_data(tmp_path / "data" / "validation.npz")) == 1
+    assert len(dataset.load_data(tmp_path / "data" / "validation.npz")) == 1
 
 
 def test_missing_input_is_a_clear_error(tmp_path, capsys):
@@ -370,7 +370,7 @@ def test_unreadable_split_file_stops_without_output(iam, tmp_path):
 
 def test_failed_write_leaves_no_partial_output(iam, tmp_path, monkeypatch):
     calls = []
-    real_save = utils.save_data
+    real_save = dataset.save_data
 
     def failing_second_save(path, data):
         calls.append(path)
@@ -378,7 +378,7 @@ def test_failed_write_leaves_no_partial_output(iam, tmp_path, monkeypatch):
             raise OSError("disk full")
         real_save(path, data)
 
-    monkeypatch.setattr(utils, "save_data", failing_second_save)
+    monkeypatch.setattr(dataset, "save_data", failing_second_save)
     with pytest.raises(OSError, match="disk full"):
         dp.preprocess(iam, tmp_path / "out", verbose=False)
     assert output_files(tmp_path / "out") == []  # neither output nor any temporary file
@@ -403,8 +403,8 @@ def make_strokes_npy(folder, texts=("first line", "second line", "third line")):
 def test_strokes_npy_input(tmp_path):
     make_strokes_npy(tmp_path / "data")
     summary = dp.preprocess(tmp_path / "data", tmp_path / "out", validation_fraction=1 / 3, verbose=False)
-    train = utils.load_data(tmp_path / "out" / "train.npz")
-    validation = utils.load_data(tmp_path / "out" / "validation.npz")
+    train = dataset.load_data(tmp_path / "out" / "train.npz")
+    validation = dataset.load_data(tmp_path / "out" / "validation.npz")
     assert train.texts == ["first line", "second line"] and validation.texts == ["third line"]
     assert train.line_ids == ["strokes-00000", "strokes-00001"]
     expected = [[[0, 0, 0], [0, 3, 4], [1, 4, 6], [0, 20, -5], [0, 1, -1], [0, 2, -2], [0, 3, -3],
@@ -425,8 +425,8 @@ def test_strokes_npy_explicit_paths_and_mismatch(tmp_path):
     make_strokes_npy(tmp_path / "pair")
     dp.preprocess(strokes=str(tmp_path / "pair" / "strokes.npy"), sentences=str(tmp_path / "pair" / "sentences.txt"),
                   out_dir=tmp_path / "out", verbose=False)  # default 5%: round(0.15) = 0 validation lines
-    assert len(utils.load_data(tmp_path / "out" / "train.npz")) == 3
-    assert len(utils.load_data(tmp_path / "out" / "validation.npz")) == 0
+    assert len(dataset.load_data(tmp_path / "out" / "train.npz")) == 3
+    assert len(dataset.load_data(tmp_path / "out" / "validation.npz")) == 0
 
 
 # ----------------------------------------------------------------------------- the real database
@@ -448,7 +448,7 @@ def test_real_iam_ondb(tmp_path):
     assert summary["lines_in_no_split"] == 16
     assert summary["unknown_characters"] == Counter()
 
-    train = utils.load_data(tmp_path / "train.npz")
+    train = dataset.load_data(tmp_path / "train.npz")
     assert not any(i.startswith("a08-551z") for i in train.line_ids)
     first = train.line_ids.index("a01-000u-01")
     assert train.texts[first] == "A MOVE to stop Mr. Gaitskell"

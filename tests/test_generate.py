@@ -1,4 +1,5 @@
-"""generate.py and the drawing helpers of utils.py, on tiny checkpoints trained here (CPU, seconds)."""
+"""generate.py (the Writer API and the command line), the model's generate() and the drawing
+helpers of utils.py, on tiny checkpoints trained here (CPU, seconds)."""
 import math
 import os
 import re
@@ -9,9 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
 import generate
+import model as model_module
 import utils
 from fixtures import train_tiny
+from generate import Writer
+from model import finished
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -31,9 +36,9 @@ def checkpoints(tmp_path_factory):
 
 
 @pytest.fixture
-def synthesis(checkpoints):
-    model, checkpoint = generate.load_model(checkpoints["synthesis"])
-    return model, checkpoint
+def writer(checkpoints):
+    """A fresh synthesis Writer per test: tests change its window weights."""
+    return Writer.load(checkpoints["synthesis"])
 
 
 def svg_paths(path):
@@ -62,13 +67,16 @@ def test_offsets_to_strokes_splits_after_each_pen_lift():
     assert len(utils.offsets_to_strokes(offsets[:5])) == 2
 
 
-def test_denormalise_inverts_the_normalisation():
+def test_to_pen_units_inverts_the_normalisation(writer):
     raw = np.array([[0, 3.0, -1.0], [1, -2.0, 4.0]])
-    mean, std = np.array([0.5, -0.2]), np.array([2.0, 3.0])
+    mean, std = np.array([0.5, -0.2]), np.array([2.0, 3.0])  # the fixture data's statistics
+    np.testing.assert_allclose(writer.offset_mean, mean) and np.testing.assert_allclose(writer.offset_std, std)
     normalised = raw.copy()
     normalised[:, 1:] = (raw[:, 1:] - mean) / std
-    np.testing.assert_allclose(utils.denormalise(normalised, mean, std), raw)
+    np.testing.assert_allclose(writer.to_pen_units(normalised), raw, rtol=1e-6)
     assert normalised[0, 1] == (3.0 - 0.5) / 2.0  # the input is left alone
+    # the start row is the zero pen offset
+    np.testing.assert_allclose(writer.to_pen_units(writer.start_row(2).numpy()), 0, atol=1e-6)
 
 
 def test_svg_has_one_path_per_stroke_with_y_flipped(tmp_path):
@@ -107,13 +115,13 @@ def test_finished_when_the_position_after_the_text_wins():
                              [0.0, 0.5, 0.5],    # a tie is not a win
                              [0.2, 0.0, 0.0]])   # padding (zeros) never wins
     phi_after = torch.tensor([0.05, 0.4, 0.5, 0.1])
-    assert generate.finished(phi_text, phi_after).tolist() == [False, True, False, False]
+    assert finished(phi_text, phi_after).tolist() == [False, True, False, False]
 
 
-def test_phi_after_text_is_the_same_window_read_one_position_on(synthesis):
+def test_phi_after_text_is_the_same_window_read_one_position_on(writer):
     """Reading 'one position after' a shorter text must give forward()'s phi at that position."""
-    model, checkpoint = synthesis
-    text, mask, _ = generate.encode_texts(["abc ab"], checkpoint["alphabet"])
+    model = writer.model
+    text, mask = writer.encode(["abc ab"])
     state = model.initial_state(1)
     torch.manual_seed(0)
     with torch.inference_mode():
@@ -121,7 +129,7 @@ def test_phi_after_text_is_the_same_window_read_one_position_on(synthesis):
             kappa_prev = state.kappa
             _, state, phi = model(torch.randn(1, 1, 3), text, mask, state=state, return_phi=True)
             for u in range(text.shape[1]):
-                got = generate.phi_after_text(model, state.h1, kappa_prev, torch.tensor([u]))
+                got = model.phi_after_text(state.h1, kappa_prev, torch.tensor([u]))
                 torch.testing.assert_close(got, phi[:, 0, u])
 
 
@@ -135,66 +143,64 @@ def set_window(model, alpha_hat, beta_hat, kappa_hat):
         model.window_layer.bias[2 * K:] = kappa_hat
 
 
-def test_line_ends_by_the_rule_at_the_hand_computed_step(synthesis):
+def test_line_ends_by_the_rule_at_the_hand_computed_step(writer):
     # alpha = beta = 1, kappa advances exactly 1 per step: after step t (from 0) kappa = t + 1 and
     # phi(t, u) = K exp(-(t + 1 - u)^2). For U = 3, position 3 beats position 2 once t + 1 > 2.5,
     # i.e. at t = 2: two points are generated (at t = 0 and 1), then the line ends.
-    model, checkpoint = synthesis
-    set_window(model, 0.0, 0.0, 0.0)
-    offsets, phis, capped = generate.generate_text(model, ["abc"], checkpoint["alphabet"],
-                                                   generator=torch.Generator().manual_seed(0),
-                                                   start=generate.start_row(checkpoint))
-    assert capped == [False]
-    assert offsets[0].shape == (3, 3) and phis[0].shape == (2, 3)
-    K = model.config.K
+    set_window(writer.model, 0.0, 0.0, 0.0)
+    writing = writer.write(["abc"], seed=0)
+    assert writing.capped == [False]
+    assert writing.lines[0].shape == (3, 3) and writing.phis[0].shape == (2, 3)
+    phis = writing.phis
+    K = writer.model.config.K
     expected = [[K * math.exp(-(t + 1 - u) ** 2) for u in range(3)] for t in range(2)]
     np.testing.assert_allclose(phis[0], expected, rtol=1e-5)
 
 
-def test_step_cap_ends_a_line_that_never_reaches_the_end(synthesis):
-    model, checkpoint = synthesis
-    set_window(model, 0.0, 0.0, -30.0)  # kappa moves by e^-30 per step: it never gets there
+def test_step_cap_ends_a_line_that_never_reaches_the_end(writer):
+    set_window(writer.model, 0.0, 0.0, -30.0)  # kappa moves by e^-30 per step: it never gets there
     with pytest.warns(UserWarning, match="step cap"):
-        offsets, phis, capped = generate.generate_text(
-            model, ["ab", "abc"], checkpoint["alphabet"], generator=torch.Generator().manual_seed(0),
-            max_points_per_char=3, start=generate.start_row(checkpoint))
-    assert capped == [True, True]
-    assert [len(o) for o in offsets] == [3 * 3 + 1, 3 * 4 + 1]  # the start row + the cap
-    assert [p.shape for p in phis] == [(9, 2), (12, 3)]
+        writing = writer.write(["ab", "abc"], seed=0, max_points_per_char=3)
+    assert writing.capped == [True, True]
+    assert [len(o) for o in writing.lines] == [3 * 3 + 1, 3 * 4 + 1]  # the start row + the cap
+    assert [p.shape for p in writing.phis] == [(9, 2), (12, 3)]
 
 
 # ----------------------------------------------------------------------------- generation
 
-def test_same_seed_same_strokes_other_seed_other_strokes(checkpoints, synthesis):
-    model, checkpoint = synthesis
-    run = lambda seed: generate.generate_text(model, ["abc ab", "ba"], checkpoint["alphabet"], 0.5,
-                                              torch.Generator().manual_seed(seed), 10)[0]
+def test_same_seed_same_strokes_other_seed_other_strokes(checkpoints, writer):
+    run = lambda seed: writer.write(["abc ab", "ba"], 0.5, seed, 10).lines
     first, again, other = run(1), run(1), run(2)
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
     assert any(a.shape != c.shape or not np.array_equal(a, c) for a, c in zip(first, other))
 
-    model, checkpoint = generate.load_model(checkpoints["rand_write"])
-    run = lambda seed: generate.generate_unconditional(model, 2, 30, 0.0, torch.Generator().manual_seed(seed))
-    np.testing.assert_array_equal(np.stack(run(3)), np.stack(run(3)))
-    assert not np.array_equal(np.stack(run(3)), np.stack(run(4)))
+    unconditional = Writer.load(checkpoints["rand_write"])
+    run = lambda seed: np.stack(unconditional.sample(2, 30, 0.0, seed).lines)
+    np.testing.assert_array_equal(run(3), run(3))
+    assert not np.array_equal(run(3), run(4))
+    assert writer.write("ab").seed != writer.write("ab").seed  # no seed: a fresh one, reported
 
 
-def test_unknown_characters_are_named_and_written_as_spaces(synthesis):
-    model, checkpoint = synthesis
-    write = lambda text: generate.generate_text(model, [text], checkpoint["alphabet"], 0.0,
-                                                torch.Generator().manual_seed(5), 10)
+def test_each_writer_does_only_its_own_task(checkpoints, writer):
+    with pytest.raises(ValueError, match="synthesis model: it writes texts"):
+        writer.sample(1, 10)
+    with pytest.raises(ValueError, match="rand_write model: it writes no text"):
+        Writer.load(checkpoints["rand_write"]).write(["ab"])
+
+
+def test_unknown_characters_are_named_and_written_as_spaces(writer):
+    write = lambda text: writer.write([text], 0.0, 5, 10)
     with pytest.warns(UserWarning, match="'é'.*'€'"):
         unknown = write("a€bé")
     known = write("a b ")
-    np.testing.assert_array_equal(unknown[0][0], known[0][0])
-    np.testing.assert_array_equal(unknown[1][0], known[1][0])
+    np.testing.assert_array_equal(unknown.lines[0], known.lines[0])
+    np.testing.assert_array_equal(unknown.phis[0], known.phis[0])
 
 
-def test_empty_text_is_an_error(synthesis, checkpoints, capsys):
-    model, checkpoint = synthesis
+def test_empty_text_is_an_error(writer, checkpoints, capsys):
     with pytest.raises(ValueError, match="empty"):
-        generate.generate_text(model, ["   "], checkpoint["alphabet"])
+        writer.write(["   "])
     with pytest.raises(SystemExit) as exit:
         generate.main(["--task", "synthesis", "--checkpoint", checkpoints["synthesis"], "--text", " "])
     assert exit.value.code == 2
@@ -209,24 +215,21 @@ def deterministic_sample(mix, generator=None):
     return torch.stack([eos, pick(mix.mu_x), pick(mix.mu_y)], dim=-1)
 
 
-def test_a_batch_writes_each_line_as_if_alone(synthesis, monkeypatch):
+def test_a_batch_writes_each_line_as_if_alone(writer, monkeypatch):
     """Padding and finished lines must not leak into the other lines of a batch."""
-    model, checkpoint = synthesis
-    monkeypatch.setattr(generate, "sample_mixture", deterministic_sample)
-    set_window(model, 0.0, 0.0, math.log(0.25))  # a quarter character per step: lines end in turn
+    monkeypatch.setattr(model_module, "sample_mixture", deterministic_sample)
+    set_window(writer.model, 0.0, 0.0, math.log(0.25))  # a quarter character per step: lines end in turn
     texts = ["abc", "a", "cab bac"]
-    start = generate.start_row(checkpoint)
-    batch = generate.generate_text(model, texts, checkpoint["alphabet"], max_points_per_char=8, start=start)
-    assert len(batch[0]) == len(batch[1]) == len(batch[2]) == 3
-    assert batch[2] == [False, False, False]  # all ended by the rule ...
-    assert len({len(line) for line in batch[0]}) == 3  # ... each at its own step
+    batch = writer.write(texts, max_points_per_char=8)
+    assert len(batch.lines) == len(batch.phis) == len(batch.capped) == 3
+    assert batch.capped == [False, False, False]  # all ended by the rule ...
+    assert len({len(line) for line in batch.lines}) == 3  # ... each at its own step
     for b, text in enumerate(texts):
-        alone = generate.generate_text(model, [text], checkpoint["alphabet"], max_points_per_char=8, start=start)
-        assert batch[0][b].shape == alone[0][0].shape
-        np.testing.assert_allclose(batch[0][b], alone[0][0], atol=1e-5)
-        np.testing.assert_allclose(batch[1][b], alone[1][0], atol=1e-5)
-        assert batch[1][b].shape == (len(batch[0][b]) - 1, len(text))
-        assert batch[2][b] == alone[2][0]
+        alone = writer.write([text], max_points_per_char=8)
+        assert batch.lines[b].shape == alone.lines[0].shape
+        np.testing.assert_allclose(batch.lines[b], alone.lines[0], atol=1e-5)
+        np.testing.assert_allclose(batch.phis[b], alone.phis[0], atol=1e-5)
+        assert batch.phis[b].shape == (len(batch.lines[b]) - 1, len(text))
 
 
 # ----------------------------------------------------------------------------- the command line
@@ -261,19 +264,19 @@ def test_synthesis_command_writes_png_strokes_and_attention(checkpoints, tmp_pat
 
 def test_default_checkpoint_prefers_own_best_then_shipped_then_last(tmp_path):
     path = lambda name: str(tmp_path / name)
-    assert generate.default_checkpoint("synthesis", str(tmp_path)) == path("synthesis_best.pt")
+    assert checkpoint.default_path("synthesis", str(tmp_path)) == path("synthesis_best.pt")
     (tmp_path / "synthesis_last.pt").write_bytes(b"")
-    assert generate.default_checkpoint("synthesis", str(tmp_path)) == path("synthesis_last.pt")
+    assert checkpoint.default_path("synthesis", str(tmp_path)) == path("synthesis_last.pt")
     (tmp_path / "synthesis.pt").write_bytes(b"")
-    assert generate.default_checkpoint("synthesis", str(tmp_path)) == path("synthesis.pt")
+    assert checkpoint.default_path("synthesis", str(tmp_path)) == path("synthesis.pt")
     (tmp_path / "synthesis_best.pt").write_bytes(b"")
-    assert generate.default_checkpoint("synthesis", str(tmp_path)) == path("synthesis_best.pt")
-    assert generate.default_checkpoint("rand_write", str(tmp_path)) == path("rand_write_best.pt")
+    assert checkpoint.default_path("synthesis", str(tmp_path)) == path("synthesis_best.pt")
+    assert checkpoint.default_path("rand_write", str(tmp_path)) == path("rand_write_best.pt")
 
 
 def test_exported_checkpoint_generates_the_same_strokes_without_resume_state(checkpoints, tmp_path):
     exported = str(tmp_path / "synthesis.pt")
-    utils.export_checkpoint(checkpoints["synthesis"], exported)
+    checkpoint.main(["export", checkpoints["synthesis"], exported])
     full = torch.load(checkpoints["synthesis"], map_location="cpu", weights_only=False)
     small = torch.load(exported, map_location="cpu", weights_only=False)
     assert "optimizer" not in small and "rng" not in small and "optimizer" in full
@@ -282,20 +285,15 @@ def test_exported_checkpoint_generates_the_same_strokes_without_resume_state(che
         assert small[key] == full[key]
     assert os.path.getsize(exported) < 0.5 * os.path.getsize(checkpoints["synthesis"])
 
-    written = []
-    for path in [checkpoints["synthesis"], exported]:
-        model, checkpoint = generate.load_model(path)
-        offsets, _, _ = generate.generate_text(model, ["ab"], checkpoint["alphabet"], bias=0.5,
-                                               generator=torch.Generator().manual_seed(3), max_points_per_char=5,
-                                               start=generate.start_row(checkpoint))
-        written.append(offsets[0])
+    written = [Writer.load(path).write(["ab"], bias=0.5, seed=3, max_points_per_char=5).lines[0]
+               for path in [checkpoints["synthesis"], exported]]
     np.testing.assert_array_equal(written[0], written[1])
 
 
 def test_export_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a train.py checkpoint"):
-        utils.export_checkpoint(str(tmp_path / "other.pt"), str(tmp_path / "out.pt"))
+    with pytest.raises(SystemExit, match="not a train.py checkpoint"):
+        checkpoint.main(["export", str(tmp_path / "other.pt"), str(tmp_path / "out.pt")])
     assert not (tmp_path / "out.pt").exists()
 
 

@@ -1,4 +1,4 @@
-"""Tests for train.py (and utils.load_checkpoint): batching, padding, learning, checkpoints, resume.
+"""Tests for train.py (and checkpoint.py): batching, padding, learning, checkpoints, resume.
 
 Training runs use the synthetic lines of tests/fixtures.py (32 training lines, batch 8: 4 steps
 per epoch) and a tiny model on the CPU in fp32, so every run takes well under a second or two.
@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint as checkpoint_module
+import dataset
+import model as model_module
 import train
-import utils
+from evaluate import dataset_nll
 from fixtures import TINY_MODEL, make_handwriting_data, write_data_dir
 from model import HandwritingModel, ModelConfig, sequence_nll
 
@@ -50,7 +53,7 @@ def padded_size(batches, lengths):
 def test_make_batches_without_rng():
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 100, 537)
-    batches = train.make_batches(lengths, 8)
+    batches = dataset.make_batches(lengths, 8)
     flat = np.concatenate(batches)
     assert sorted(flat.tolist()) == list(range(537))
     assert [len(b) for b in batches] == [8] * 67 + [1]
@@ -60,7 +63,7 @@ def test_make_batches_without_rng():
 def test_make_batches_with_rng():
     lengths = np.random.default_rng(0).integers(1, 100, 537)
     total = int(lengths.sum())
-    batches = train.make_batches(lengths, 8, np.random.default_rng(1))
+    batches = dataset.make_batches(lengths, 8, np.random.default_rng(1))
     flat = np.concatenate(batches)
     assert sorted(flat.tolist()) == list(range(537))  # every line exactly once
     sizes = [len(b) for b in batches]
@@ -74,14 +77,14 @@ def test_make_batches_with_rng():
     assert padded_size(batches, lengths) < 1.1 * total
     assert padded_size(random_batches, lengths) > 1.4 * total
     # deterministic in the seed, different across seeds / epochs
-    again = train.make_batches(lengths, 8, np.random.default_rng(1))
+    again = dataset.make_batches(lengths, 8, np.random.default_rng(1))
     assert len(again) == len(batches) and all(np.array_equal(a, b) for a, b in zip(again, batches))
-    other = train.make_batches(lengths, 8, np.random.default_rng([0, 1]))
+    other = dataset.make_batches(lengths, 8, np.random.default_rng([0, 1]))
     assert not all(np.array_equal(a, b) for a, b in zip(other, batches))
 
 
 def test_make_batches_small_set():
-    batches = train.make_batches([5, 3, 9], 2, np.random.default_rng(0))
+    batches = dataset.make_batches([5, 3, 9], 2, np.random.default_rng(0))
     assert sorted(np.concatenate(batches).tolist()) == [0, 1, 2]
     assert sorted(len(b) for b in batches) == [1, 2]
 
@@ -93,12 +96,12 @@ def hand_data():
                np.array([[0, 5, 6], [0, 7, 8], [1, 9, 10], [0, 11, 12]], np.float32),
                np.array([[1, -1, -2], [0, -3, -4], [1, -5, -6]], np.float32)]
     codes = [np.array([3], np.int64), np.array([4, 5, 6], np.int64), np.array([], np.int64)]
-    return utils.HandwritingData(offsets, codes, ["a", "bcd", ""], ["l0", "l1", "l2"], "abcdefg",
+    return dataset.HandwritingData(offsets, codes, ["a", "bcd", ""], ["l0", "l1", "l2"], "abcdefg",
                                  np.zeros(2, np.float32), np.ones(2, np.float32))
 
 
 def test_collate_exact():
-    offsets, mask, text, text_mask = train.collate(hand_data(), [2, 0, 1])
+    offsets, mask, text, text_mask = dataset.collate(hand_data(), [2, 0, 1])
     expected = np.array([[[1, -1, -2], [0, -3, -4], [1, -5, -6], [0, 0, 0]],
                          [[0, 1, 2], [1, 3, 4], [0, 0, 0], [0, 0, 0]],
                          [[0, 5, 6], [0, 7, 8], [1, 9, 10], [0, 11, 12]]], np.float32)
@@ -111,7 +114,7 @@ def test_collate_exact():
 
 
 def test_collate_truncates_to_max_points():
-    offsets, mask, text, text_mask = train.collate(hand_data(), [1, 0], max_points=3)
+    offsets, mask, text, text_mask = dataset.collate(hand_data(), [1, 0], max_points=3)
     np.testing.assert_array_equal(offsets.numpy(), [[[0, 5, 6], [0, 7, 8], [1, 9, 10]],
                                                     [[0, 1, 2], [1, 3, 4], [0, 0, 0]]])
     np.testing.assert_array_equal(mask.numpy(), [[1, 1, 1], [1, 1, 0]])
@@ -119,7 +122,7 @@ def test_collate_truncates_to_max_points():
 
 
 def test_collate_empty_text_only():
-    _, _, text, text_mask = train.collate(hand_data(), [2])
+    _, _, text, text_mask = dataset.collate(hand_data(), [2])
     assert text.shape == (1, 1) and text_mask.sum() == 0
 
 
@@ -130,7 +133,7 @@ def test_evaluate_equals_lines_one_by_one():
     torch.manual_seed(0)
     model = HandwritingModel(ModelConfig(task="synthesis", cell_size=16, num_clusters=3, K=2,
                                          alphabet_size=len(data.alphabet)))
-    per_seq, per_point = train.evaluate(model, data, 3, "cpu")
+    per_seq, per_point = dataset_nll(model, data, 3, "cpu")
     total, points = 0.0, 0
     with torch.no_grad():
         for x, c in zip(data.offsets, data.text_codes):
@@ -155,7 +158,7 @@ def test_training_learns(tmp_path, data_dir, task):
     floor_iid = math.log(2 * math.pi) + 0.5 * math.log(2 * math.pi * math.e * 0.01) \
         - (1 / 8 * math.log(1 / 8) + 7 / 8 * math.log(7 / 8))
     _, progress = run(data_dir, tmp_path, task, "--num_epochs", "8")
-    history = progress["history"]
+    history = progress.history
     assert len(history) == 8
     first, last = history[0], history[-1]
     assert first["validation_nats_per_point"] > 2.0  # untrained: about N(0, 1) guesses
@@ -169,37 +172,38 @@ def test_training_learns(tmp_path, data_dir, task):
 def test_checkpoint_round_trip(tmp_path, data_dir):
     model, progress = run(data_dir, tmp_path, "synthesis", "--num_epochs", "2")
     path = os.path.join(tmp_path, "synthesis_last.pt")
-    loaded, checkpoint = utils.load_checkpoint(path, "cpu")
+    checkpoint = checkpoint_module.load(path, "cpu")
+    loaded = checkpoint_module.build_model(checkpoint)
     assert not loaded.training
     assert same_weights(loaded, model)
-    data = utils.load_data(os.path.join(data_dir, "train.npz"))
+    data = dataset.load_data(os.path.join(data_dir, "train.npz"))
     assert checkpoint["config"] == {"task": "synthesis", "cell_size": 16, "num_clusters": 3, "K": 2,
-                                    "alphabet_size": len(utils.ALPHABET)}
-    assert checkpoint["alphabet"] == data.alphabet == utils.ALPHABET
+                                    "alphabet_size": len(dataset.ALPHABET)}
+    assert checkpoint["alphabet"] == data.alphabet == dataset.ALPHABET
     np.testing.assert_allclose(checkpoint["offset_mean"], [0.5, -0.2], rtol=1e-6)  # fixture values
     np.testing.assert_allclose(checkpoint["offset_std"], [2.0, 3.0], rtol=1e-6)
     assert checkpoint["epoch"] == 2 and checkpoint["step"] == 2 * STEPS_PER_EPOCH
-    offsets, mask, text, text_mask = train.collate(data, [0, 5, 9])
+    offsets, mask, text, text_mask = dataset.collate(data, [0, 5, 9])
     model.eval()
     with torch.no_grad():
         assert torch.equal(loaded(offsets, text, text_mask)[0], model(offsets, text, text_mask)[0])
     # best checkpoint: the epoch with the lowest validation NLL
     best = torch.load(os.path.join(tmp_path, "synthesis_best.pt"), map_location="cpu", weights_only=False)
-    valid = [r["validation_nats_per_sequence"] for r in progress["history"]]
+    valid = [r["validation_nats_per_sequence"] for r in progress.history]
     assert best["epoch"] == 1 + int(np.argmin(valid))
     assert best["best_validation"] == min(valid)
     with pytest.raises(FileNotFoundError):
-        utils.load_checkpoint(os.path.join(tmp_path, "missing.pt"))
+        checkpoint_module.load(os.path.join(tmp_path, "missing.pt"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_checkpoint_cuda_to_cpu_and_back(tmp_path, data_dir):
     model, _ = run(data_dir, tmp_path, "rand_write", "--num_epochs", "1", "--device", "cuda")
     path = os.path.join(tmp_path, "rand_write_last.pt")
-    on_cpu, _ = utils.load_checkpoint(path, "cpu")
+    on_cpu = checkpoint_module.build_model(checkpoint_module.load(path, "cpu"), "cpu")
     assert all(p.device.type == "cpu" for p in on_cpu.parameters())
     assert same_weights(on_cpu, {k: v.cpu() for k, v in model.state_dict().items()})
-    on_gpu, _ = utils.load_checkpoint(path, "cuda")
+    on_gpu = checkpoint_module.build_model(checkpoint_module.load(path, "cuda"), "cuda")
     assert all(p.device.type == "cuda" for p in on_gpu.parameters())
 
 
@@ -218,7 +222,7 @@ def test_resume_is_exact(tmp_path, data_dir, task, total, split):
     first = torch.load(tmp_path / "split" / f"{task}_last.pt", weights_only=False)
     assert first["step"] == split
     resumed, progress = run(data_dir, tmp_path / "split", *common, "--max_steps", str(total), "--resume")
-    assert progress["step"] == total
+    assert progress.step == total
     assert same_weights(straight, resumed)
     a = torch.load(tmp_path / "straight" / f"{task}_last.pt", weights_only=False)
     b = torch.load(tmp_path / "split" / f"{task}_last.pt", weights_only=False)
@@ -258,7 +262,7 @@ def test_resumed_history_equals_uninterrupted(tmp_path, data_dir, split):
     _, straight = run(data_dir, tmp_path / "a", *common)
     run(data_dir, tmp_path / "b", *common, "--max_steps", str(split))
     _, resumed = run(data_dir, tmp_path / "b", *common, "--resume")
-    for a, b in zip(straight["history"], resumed["history"]):
+    for a, b in zip(straight.history, resumed.history):
         for key in ["train_nats_per_sequence", "train_nats_per_point", "validation_nats_per_point"]:
             assert b[key] == pytest.approx(a[key], rel=1e-6), key
 
@@ -275,6 +279,94 @@ def test_resume_with_other_model_options(tmp_path, data_dir):
     assert "cell_size" in str(e.value)
 
 
+def test_a_new_run_never_replaces_an_existing_one(tmp_path, data_dir):
+    """Without --resume, a model_dir that holds a run is refused, and its files stay as they were."""
+    run(data_dir, tmp_path, "rand_write", "--num_epochs", "1")
+    before = {name: (tmp_path / name).read_bytes() for name in ["rand_write_last.pt", "rand_write_best.pt"]}
+    with pytest.raises(SystemExit, match="already holds a rand_write run.*--resume"):
+        run(data_dir, tmp_path, "rand_write", "--max_steps", "1")
+    with pytest.raises(SystemExit, match="already holds"):
+        run(data_dir, tmp_path, "rand_write", "--max_steps", "1", "--init_from", str(tmp_path / "rand_write_best.pt"))
+    assert all((tmp_path / name).read_bytes() == content for name, content in before.items())
+    run(data_dir, tmp_path, "synthesis", "--max_steps", "1")  # another task's files are another run
+
+
+def test_init_from_loads_the_weights_with_a_fresh_optimizer_and_a_warm_up(tmp_path, data_dir):
+    """--init_from an exported checkpoint: its weights, its epoch count and history go on, Adam starts
+    afresh, and the first step's learning rate is 1/warmup of the schedule's."""
+    source, _ = run(data_dir, tmp_path / "a", "rand_write", "--num_epochs", "1")
+    exported = str(tmp_path / "exported.pt")
+    checkpoint_module.export(str(tmp_path / "a" / "rand_write_best.pt"), exported)
+    loaded, progress = run(data_dir, tmp_path / "b", "rand_write", "--init_from", exported,
+                           "--max_steps", str(STEPS_PER_EPOCH))  # already there: no step taken
+    assert same_weights(loaded, source)
+    assert progress.epoch == 1 and len(progress.history) == 1 and progress.warmup_from == STEPS_PER_EPOCH
+
+    start = {k: v.clone() for k, v in source.state_dict().items()}
+    stepped, progress = run(data_dir, tmp_path / "c", "rand_write", "--init_from", exported, "--warmup_steps", "4",
+                            "--max_steps", str(STEPS_PER_EPOCH + 1), "--decay_rate", "0.5")
+    # Adam's first update is lr in size wherever the gradient is not tiny: lr = 1e-2 * 0.5^1 / 4
+    move = max((stepped.state_dict()[k] - start[k]).abs().max().item() for k in start)
+    assert move == pytest.approx(1e-2 * 0.5 / 4, rel=1e-3)
+    last = torch.load(tmp_path / "c" / "rand_write_last.pt", weights_only=False)
+    assert [s["step"].item() for s in last["optimizer"]["state"].values()] == [1] * len(start)
+    assert last["step"] == STEPS_PER_EPOCH + 1 and last["history"] == progress.history
+
+
+def test_init_from_refuses_another_task_model_alphabet_or_normalisation(tmp_path, data_dir):
+    run(data_dir, tmp_path / "a", "rand_write", "--max_steps", "1")
+    source = str(tmp_path / "a" / "rand_write_last.pt")
+    with pytest.raises(SystemExit, match="--init_from: .* holds a model with .*'task': 'rand_write'"):
+        run(data_dir, tmp_path / "b", "synthesis", "--init_from", source)
+    with pytest.raises(SystemExit, match="--init_from: .*'cell_size': 16"):
+        run(data_dir, tmp_path / "c", "rand_write", "--init_from", source, "--cell_size", "8")
+    for name, change in [("alphabet", lambda d: setattr(d, "alphabet", d.alphabet[::-1])),
+                         ("normalises", lambda d: setattr(d, "offset_std", d.offset_std * 2))]:
+        other = tmp_path / f"other_{name}"
+        write_data_dir(other)
+        for split in ["train.npz", "validation.npz"]:
+            data = dataset.load_data(other / split)
+            change(data)
+            dataset.save_data(other / split, data)
+        with pytest.raises(SystemExit, match=f"--init_from: .*{name}"):
+            run(str(other), tmp_path / f"d_{name}", "rand_write", "--init_from", source)
+    with pytest.raises(SystemExit, match="--init_from: no checkpoint at"):
+        run(data_dir, tmp_path / "e", "rand_write", "--init_from", str(tmp_path / "missing.pt"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_not_run(tmp_path, data_dir):
+    """Checkpoints are read with weights_only: a pickled call (here: creating a file) never runs."""
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    run(data_dir, tmp_path / "run", "rand_write", "--max_steps", "1")
+    last = tmp_path / "run" / "rand_write_last.pt"
+    saved = torch.load(last, weights_only=False)
+    saved["args"] = Payload()
+    torch.save(saved, last)
+    with pytest.raises(checkpoint_module.CheckpointError, match="could run code"):
+        checkpoint_module.load(last)
+    with pytest.raises(SystemExit, match="--resume: .*could run code"):
+        run(data_dir, tmp_path / "run", "rand_write", "--resume")
+    with pytest.raises(SystemExit, match="could run code"):
+        import generate
+        generate.main(["--task", "rand_write", "--checkpoint", str(last), "--out", str(tmp_path / "x.png")])
+    assert not marker.exists()
+
+
+def test_a_damaged_checkpoint_is_a_sentence(tmp_path):
+    complete = torch.save({"model": {}}, tmp_path / "whole.pt") or (tmp_path / "whole.pt").read_bytes()
+    for name, content in [("empty.pt", b""), ("random.pt", os.urandom(1000)), ("half.pt", complete[:len(complete) // 2])]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(checkpoint_module.CheckpointError, match="not a readable checkpoint"):
+            checkpoint_module.load(tmp_path / name)
+    with pytest.raises(checkpoint_module.CheckpointError, match="not a train.py checkpoint"):
+        checkpoint_module.load(tmp_path / "whole.pt")
+
+
 # ----------------------------------------------------------------------------- learning rate, logs
 
 def test_learning_rate_decays_per_epoch_and_logs(tmp_path, data_dir):
@@ -282,14 +374,14 @@ def test_learning_rate_decays_per_epoch_and_logs(tmp_path, data_dir):
     rows = read_csv(tmp_path / "rand_write_log.csv")
     assert list(rows[0]) == ["epoch", "step", "learning_rate", "train_nats_per_sequence",
                              "train_nats_per_point", "validation_nats_per_sequence",
-                             "validation_nats_per_point", "seconds"]
+                             "validation_nats_per_point", "seconds", "cpu_hours"]
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert [int(r["step"]) for r in rows] == [4, 8, 12]
     # epoch e (counting from 1) trains at learning_rate * decay_rate ** (e - 1)
     np.testing.assert_allclose([float(r["learning_rate"]) for r in rows], [1e-2, 5e-3, 2.5e-3], rtol=1e-12)
     last = torch.load(tmp_path / "rand_write_last.pt", weights_only=False)
     assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(2.5e-3, rel=1e-12)
-    for r, h in zip(rows, progress["history"]):
+    for r, h in zip(rows, progress.history):
         assert float(r["validation_nats_per_point"]) == pytest.approx(h["validation_nats_per_point"])
         assert np.isfinite(float(r["train_nats_per_point"]))
     with open(tmp_path / "rand_write_loss.png", "rb") as f:
@@ -302,7 +394,7 @@ def test_learning_rate_reaches_adam(tmp_path, data_dir):
     moves = []
     for lr in ["1e-2", "1e-3"]:
         torch.manual_seed(0)
-        config = ModelConfig(task="rand_write", cell_size=16, num_clusters=3, K=2, alphabet_size=len(utils.ALPHABET))
+        config = ModelConfig(task="rand_write", cell_size=16, num_clusters=3, K=2, alphabet_size=len(dataset.ALPHABET))
         start = HandwritingModel(config).state_dict()
         model, _ = run(data_dir, tmp_path / lr, "rand_write", "--max_steps", "1", "--learning_rate", lr)
         moves.append(max((model.state_dict()[k] - start[k]).abs().max().item() for k in start))
@@ -332,7 +424,7 @@ def test_non_finite_step_is_skipped(tmp_path, data_dir, monkeypatch):
     clean_opt = torch.load(tmp_path / "clean" / "rand_write_last.pt", weights_only=False)["optimizer"]
     nan_on_training_calls(monkeypatch, {3})
     skipped, progress = run(data_dir, tmp_path / "skip", "rand_write", "--max_steps", "3")
-    assert progress["step"] == 3
+    assert progress.step == 3
     assert same_weights(clean, skipped)  # step 3 changed nothing ...
     opt = torch.load(tmp_path / "skip" / "rand_write_last.pt", weights_only=False)["optimizer"]
     for k, state in clean_opt["state"].items():  # ... not even Adam's moments or step count
@@ -343,7 +435,7 @@ def test_non_finite_step_is_skipped(tmp_path, data_dir, monkeypatch):
     model, progress = run(data_dir, tmp_path / "goes_on", "rand_write", "--num_epochs", "1")
     assert not same_weights(model, skipped)
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert np.isfinite(progress["history"][0]["train_nats_per_point"])
+    assert np.isfinite(progress.history[0]["train_nats_per_point"])
 
 
 def test_ten_non_finite_steps_stop_training(tmp_path, data_dir, monkeypatch):
@@ -352,7 +444,7 @@ def test_ten_non_finite_steps_stop_training(tmp_path, data_dir, monkeypatch):
     with pytest.raises(SystemExit, match="10 non-finite steps"):
         run(data_dir, tmp_path / "bad", "rand_write", "--num_epochs", "10", "--save_every", "2")
     assert len(calls) == 12  # 2 good steps, then exactly 10 bad ones
-    loaded, checkpoint = utils.load_checkpoint(tmp_path / "bad" / "rand_write_last.pt")
+    loaded = checkpoint_module.build_model(checkpoint_module.load(tmp_path / "bad" / "rand_write_last.pt"))
     assert same_weights(loaded, clean)  # the weights after the last good step
     assert all(torch.isfinite(p).all() for p in loaded.parameters())
 
@@ -360,13 +452,13 @@ def test_ten_non_finite_steps_stop_training(tmp_path, data_dir, monkeypatch):
 def test_nine_non_finite_steps_do_not_stop_training(tmp_path, data_dir, monkeypatch):
     nan_on_training_calls(monkeypatch, set(range(3, 12)) | set(range(13, 22)))
     _, progress = run(data_dir, tmp_path, "rand_write", "--num_epochs", "6")
-    assert progress["epoch"] == 6
+    assert progress.epoch == 6
 
 
 def test_make_batches_pool_of_one_is_plain_random_batching():
     lengths = list(range(100, 0, -1))
     rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
-    batches = train.make_batches(lengths, 10, rng_a, pool=1)
+    batches = dataset.make_batches(lengths, 10, rng_a, pool=1)
     # the same draws by hand: one permutation chunked into batches, each sorted by length, then shuffled
     shuffled = rng_b.permutation(100)
     expected = [sorted(shuffled[i:i + 10], key=lambda j: lengths[j]) for i in range(0, 100, 10)]
@@ -378,9 +470,9 @@ def test_precision_flags_choose_the_autocast_dtype():
     """auto: bf16 exactly where this CPU has bf16 matrix products; fp32 and bf16 as asked, and bf16
     refused with a sentence (not oneDNN's traceback) where the CPU lacks it."""
     supported = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert train.bf16_supported("cpu") == supported
+    assert model_module.bf16_supported("cpu") == supported
     for precision, expected in [("auto", supported), ("fp32", False)] + ([("bf16", True)] if supported else []):
-        with train.autocast("cpu", precision):
+        with model_module.autocast("cpu", precision):
             assert torch.is_autocast_enabled("cpu") == expected, precision
             if expected:
                 assert torch.get_autocast_dtype("cpu") == torch.bfloat16
@@ -388,7 +480,7 @@ def test_precision_flags_choose_the_autocast_dtype():
 
 def test_bf16_is_refused_with_a_sentence_where_the_cpu_lacks_it(tmp_path, data_dir, monkeypatch):
     """On a CPU without bf16 (AVX2 only), --precision bf16 stops before training, naming the fix."""
-    monkeypatch.setattr(train, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(model_module, "bf16_supported", lambda device: False)
     with pytest.raises(SystemExit, match="no bf16 support.*--precision fp32"):
         train.train(train.parse_args(["--data_dir", data_dir, "--model_dir", str(tmp_path), "--precision", "bf16",
                                       "--max_steps", "1", *TINY_MODEL]))

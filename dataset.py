@@ -1,0 +1,137 @@
+"""The processed data as the model reads it: the alphabet, the .npz split format, and batches.
+
+data_preprocessing.py writes splits in this format; train.py, bench.py and evaluate.py read them
+and cut them into padded batches here; generation encodes its texts with the same alphabet and
+the same padding. One home for all of it, so that the format has one definition.
+"""
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import utils
+
+# Every character of the IAM-OnDB CSR transcriptions: letters (Q, X, Z included),
+# digits and the punctuation the writers used. Code i is ALPHABET[i].
+ALPHABET = (" !\"#%&'()*+,-./0123456789:;?@"
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZ[]_abcdefghijklmnopqrstuvwxyz")
+# The one rule for a character outside the alphabet, in training and generation alike:
+# it is written as this character (a space: the pen leaves a gap rather than guess a shape).
+UNKNOWN_REPLACEMENT = " "
+
+
+def unknown_characters(text, alphabet=ALPHABET):
+    """The distinct characters of `text` that `alphabet` lacks, sorted."""
+    return sorted(set(text) - set(alphabet))
+
+
+def encode_text(text, alphabet=ALPHABET):
+    """Text -> int64 codes (indices into `alphabet`); unknown characters become UNKNOWN_REPLACEMENT."""
+    index = {ch: i for i, ch in enumerate(alphabet)}
+    replacement = index[UNKNOWN_REPLACEMENT]
+    return np.array([index.get(ch, replacement) for ch in text], dtype=np.int64)
+
+
+def decode_text(codes, alphabet=ALPHABET):
+    return "".join(alphabet[int(c)] for c in codes)
+
+
+@dataclass
+class HandwritingData:
+    """One split of processed handwriting: a list of lines, each offsets + text.
+
+    offsets[i]:    float32 (T_i, 3) rows [end_of_stroke, dx, dy]; dx, dy normalised with
+                   offset_mean/offset_std (y grows upwards); end_of_stroke is 1 on the last
+                   point of each pen stroke.
+    text_codes[i]: int64 (U_i,) indices into `alphabet`.
+    """
+    offsets: list
+    text_codes: list
+    texts: list
+    line_ids: list
+    alphabet: str
+    offset_mean: np.ndarray  # (2,) raw-unit mean of dx, dy over the training split
+    offset_std: np.ndarray   # (2,) raw-unit standard deviation of dx, dy
+
+    def __len__(self):
+        return len(self.offsets)
+
+
+def save_data(path, data):
+    """Write a split as one .npz (concatenated arrays + lengths; no pickles), atomically."""
+    with utils.atomic_path(path) as tmp:
+        np.savez(
+            tmp,
+            points=np.concatenate(data.offsets).astype(np.float32) if len(data) else np.zeros((0, 3), np.float32),
+            point_lengths=np.array([len(o) for o in data.offsets], dtype=np.int64),
+            text_codes=np.concatenate(data.text_codes).astype(np.int64) if len(data) else np.zeros(0, np.int64),
+            text_lengths=np.array([len(c) for c in data.text_codes], dtype=np.int64),
+            texts=np.array(data.texts, dtype=str),
+            line_ids=np.array(data.line_ids, dtype=str),
+            alphabet=np.array(data.alphabet),
+            offset_mean=np.asarray(data.offset_mean, dtype=np.float32),
+            offset_std=np.asarray(data.offset_std, dtype=np.float32),
+        )
+
+
+def load_data(path):
+    """Read a split written by save_data."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} does not exist. Run `python data_preprocessing.py` first "
+            "(see README.md for where to put the IAM-OnDB files).")
+    with np.load(path, allow_pickle=False) as f:
+        n = len(f["point_lengths"])
+        return HandwritingData(
+            offsets=np.split(f["points"], np.cumsum(f["point_lengths"])[:-1]) if n else [],
+            text_codes=np.split(f["text_codes"], np.cumsum(f["text_lengths"])[:-1]) if n else [],
+            texts=[str(t) for t in f["texts"]],
+            line_ids=[str(t) for t in f["line_ids"]],
+            alphabet=str(f["alphabet"]),
+            offset_mean=f["offset_mean"].copy(),
+            offset_std=f["offset_std"].copy(),
+        )
+
+
+# ----------------------------------------------------------------------------- batches
+
+def make_batches(lengths, batch_size, rng=None, pool=50):
+    """Group line indices into batches of similar length, so little of a batch is padding.
+
+    With an rng (training), lines are shuffled, sorted by length within pools of `pool` batches
+    and the batches shuffled: batches differ every epoch but stay nearly padding-free. pool=1
+    gives plain random batches (each padded to its longest line).
+    """
+    order = np.argsort(lengths, kind="stable")
+    if rng is None:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    shuffled = rng.permutation(len(lengths))
+    pool = pool * batch_size
+    batches = []
+    for start in range(0, len(shuffled), pool):
+        chunk = shuffled[start:start + pool]
+        chunk = chunk[np.argsort(np.asarray(lengths)[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def pad(sequences, dtype):
+    """Stack arrays of different lengths (first axis) into (B, longest, ...) zeros-padded, and a
+    (B, longest) float mask that is 1 on real entries. The longest is at least 1."""
+    longest = max([len(s) for s in sequences] + [1])
+    padded = np.zeros((len(sequences), longest, *np.shape(sequences[0])[1:]), dtype)
+    mask = np.zeros((len(sequences), longest), np.float32)
+    for b, s in enumerate(sequences):
+        padded[b, :len(s)], mask[b, :len(s)] = s, 1
+    return torch.from_numpy(padded), torch.from_numpy(mask)
+
+
+def collate(data, indices, max_points=None, device="cpu"):
+    """Pad the chosen lines into tensors: offsets (B, T, 3), mask (B, T), text (B, U), text_mask (B, U).
+
+    max_points cuts each line to its first max_points points (max_points - 1 predictions).
+    """
+    offsets, mask = pad([data.offsets[i][:max_points] for i in indices], np.float32)
+    text, text_mask = pad([data.text_codes[i] for i in indices], np.int64)
+    return offsets.to(device), mask.to(device), text.to(device), text_mask.to(device)
