@@ -1,9 +1,40 @@
-"""Judge a checkpoint: validation likelihood.
+"""Judge a checkpoint: validation likelihood, and legibility read by an independent reader (OCR).
+
+    python evaluate.py save/synthesis.pt                    # NLL on all validation lines + legibility
+    python evaluate.py save/synthesis.pt --lines 300 --bias 1 --seed 0 --log save/judgements.csv
+    python evaluate.py save/rand_write.pt                   # NLL only (an unconditional model writes no text)
+
+Likelihood: the NLL of every line of --data_dir/validation.npz, whole lines, fp32, in nats per line
+(the unit of Graves' tables) and per point.
+
+Legibility (synthesis): the model writes the texts of a fixed subset of validation lines (--lines of
+them, drawn with numpy seed 0, the same for every checkpoint) at --bias and --seed. Its lines and the
+real lines of the same texts are drawn identically (same scale, pen width and margins) and read by
+Tesseract OCR, an external program (`apt-get install tesseract-ocr`). Reported: the character error
+rate (edit distance / characters) of each, their ratio, and how many generated lines stalled at the
+step cap. OCR of handwriting is harsh even on real lines, so the human figure is the baseline.
+
+Each run appends one row to --log (CSV), so curves over checkpoints can be drawn.
 """
+import argparse
+import csv
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+import numpy as np
 import torch
 
+import checkpoint
 import dataset
+import utils
 from model import sequence_nll
+
+PIXELS_PER_UNIT = 0.15  # pen units to pixels: a median IAM-OnDB line (~600 units tall) -> ~90 px
+PEN_WIDTH = 3           # pixels
+MARGIN = 20             # pixels of white around the ink
 
 
 # ----------------------------------------------------------------------------- likelihood
@@ -21,3 +52,179 @@ def dataset_nll(model, data, batch_size, device="cpu"):
         total, points = total + nll.item(), points + count.item()
     model.train(was_training)
     return total / len(data), total / points
+
+
+# ----------------------------------------------------------------------------- legibility
+
+def edit_distance(a, b):
+    """Levenshtein distance: the fewest insertions, deletions and substitutions turning a into b."""
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def normalise_text(text):
+    """Whitespace collapsed and trimmed: OCR's line breaks and double spaces are not errors of ink."""
+    return " ".join(text.split())
+
+
+def character_error_rate(readings, truths):
+    """Total edit distance over total characters of the truths (normalised text), over all lines."""
+    pairs = [(normalise_text(r), normalise_text(t)) for r, t in zip(readings, truths)]
+    return sum(edit_distance(r, t) for r, t in pairs) / max(sum(len(t) for _, t in pairs), 1)
+
+
+def render_line(offsets, path):
+    """One line of pen offsets (pen units) as a black-on-white PNG at a fixed scale and pen width.
+
+    Generated and real lines go through this same function, so the reader sees them alike.
+    """
+    from PIL import Image, ImageDraw
+
+    strokes = [s * np.array([1.0, -1.0]) * PIXELS_PER_UNIT for s in utils.offsets_to_strokes(offsets)]
+    points = np.concatenate(strokes) if strokes else np.zeros((1, 2))
+    low = points.min(0) - MARGIN
+    size = np.ceil(points.max(0) - low + MARGIN).astype(int)
+    image = Image.new("L", (int(min(size[0], 20000)), int(min(size[1], 4000))), 255)
+    draw = ImageDraw.Draw(image)
+    for stroke in strokes:
+        xy = [tuple(p) for p in stroke - low]
+        if len(xy) > 1:
+            draw.line(xy, fill=0, width=PEN_WIDTH, joint="curve")
+        r = PEN_WIDTH / 2  # round pen tip: dots and stroke ends
+        for x, y in (xy[0], xy[-1]):
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=0)
+    with utils.atomic_path(path) as tmp:
+        image.save(tmp)
+
+
+def tesseract_available():
+    return shutil.which("tesseract") is not None
+
+
+def read_with_tesseract(paths):
+    """Tesseract's reading of each image, as one line of English text (page segmentation mode 7)."""
+    readings = []
+    for path in paths:
+        result = subprocess.run(["tesseract", path, "stdout", "--psm", "7", "-l", "eng"],
+                                capture_output=True, text=True, check=False)
+        readings.append(result.stdout.strip())
+    return readings
+
+
+def legibility_subset(data, lines):
+    """The validation lines whose texts the model writes: `lines` of them, drawn with seed 0."""
+    chosen = np.random.default_rng(0).choice(len(data), min(lines, len(data)), replace=False)
+    return sorted(chosen.tolist())
+
+
+def legibility(writer, data, lines, bias, seed, batch_size=50, read=read_with_tesseract, workdir=None):
+    """Write the subset's texts, draw them and the real lines alike, and read both.
+
+    Returns a dict: cer_generated, cer_human, cer_ratio, stalled, lines.
+    """
+    subset = legibility_subset(data, lines)
+    texts = [data.texts[i] for i in subset]
+    generated, stalled = [], 0
+    for start in range(0, len(texts), batch_size):
+        # seed + batch number: a batch's strokes do not depend on how many batches came before
+        writing = writer.write(texts[start:start + batch_size], bias=bias, seed=seed + start // batch_size)
+        generated += writing.lines
+        stalled += sum(writing.capped)
+    human = [data.offsets[i].astype(np.float64) * np.r_[1.0, data.offset_std] + np.r_[0.0, data.offset_mean]
+             for i in subset]
+    with tempfile.TemporaryDirectory(dir=workdir) as folder:
+        paths = {}
+        for kind, lines_of_kind in [("generated", generated), ("human", human)]:
+            paths[kind] = [os.path.join(folder, f"{kind}_{i}.png") for i in range(len(texts))]
+            for line, path in zip(lines_of_kind, paths[kind]):
+                render_line(line, path)
+        cer = {kind: character_error_rate(read(paths[kind]), texts) for kind in paths}
+    return {"lines": len(texts), "cer_generated": cer["generated"], "cer_human": cer["human"],
+            "cer_ratio": cer["generated"] / max(cer["human"], 1e-9), "stalled": stalled}
+
+
+# ----------------------------------------------------------------------------- command line
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", nargs="+", help="one or more checkpoints (.pt) to judge")
+    p.add_argument("--data_dir", default="data", help="folder with validation.npz")
+    p.add_argument("--lines", type=int, default=300, help="validation texts written for legibility")
+    p.add_argument("--bias", type=float, default=1.0, help="sampling bias of the written lines")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch_size", type=int, default=50)
+    p.add_argument("--skip_legibility", action="store_true", help="likelihood only")
+    p.add_argument("--log", default=os.path.join("save", "judgements.csv"),
+                   help="CSV that gets one row per judged checkpoint")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (as train.py; 0: one per core)")
+    p.add_argument("--device", default="cpu")
+    return p.parse_args(argv)
+
+
+def judge(path, data, args):
+    """One row of figures for one checkpoint."""
+    from generate import Writer  # generation is only needed here
+
+    try:
+        saved = checkpoint.load(path, args.device)
+    except (FileNotFoundError, checkpoint.CheckpointError) as e:
+        raise SystemExit(str(e))
+    if saved["alphabet"] != data.alphabet:
+        raise SystemExit(f"{path} was trained with another alphabet than {args.data_dir}/validation.npz")
+    history = saved.get("history") or [{}]
+    row = {"checkpoint": path, "task": saved["config"]["task"], "epoch": saved.get("epoch", ""),
+           "step": saved.get("step", ""), "cpu_hours": history[-1].get("cpu_hours", "")}
+    writer = Writer(checkpoint.build_model(saved, args.device), saved["alphabet"], saved["offset_mean"],
+                    saved["offset_std"], path)
+    started = time.time()
+    row["nats_per_line"], row["nats_per_point"] = dataset_nll(writer.model, data, args.batch_size, args.device)
+    row["validation_lines"] = len(data)
+    print(f"{path}: validation NLL {row['nats_per_line']:.1f} nats/line, {row['nats_per_point']:.4f} "
+          f"nats/point ({len(data)} lines, {time.time() - started:.0f} s)")
+    if row["task"] == "synthesis" and not args.skip_legibility:
+        if not tesseract_available():
+            print("legibility skipped: Tesseract OCR is not installed (apt-get install tesseract-ocr)")
+        else:
+            started = time.time()
+            row.update(legibility(writer, data, args.lines, args.bias, args.seed, args.batch_size),
+                       bias=args.bias, seed=args.seed)
+            print(f"{path}: Tesseract CER {row['cer_generated']:.3f} on generated lines, {row['cer_human']:.3f} "
+                  f"on the human lines of the same texts (ratio {row['cer_ratio']:.2f}); {row['stalled']} of "
+                  f"{row['lines']} lines stalled at the step cap (bias {args.bias}, seed {args.seed}, "
+                  f"{time.time() - started:.0f} s)")
+    return row
+
+
+def append_rows(path, rows):
+    """Add rows to the CSV at `path`, keeping earlier rows; columns are the union of all rows'."""
+    old = []
+    if os.path.exists(path):
+        with open(path, newline="") as f:
+            old = list(csv.DictReader(f))
+    columns = list(dict.fromkeys(k for r in old + rows for k in r))
+    with utils.atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(old + rows)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = dataset.load_data(os.path.join(args.data_dir, "validation.npz"))
+    rows = [judge(path, data, args) for path in args.checkpoint]
+    if args.log:
+        append_rows(args.log, rows)
+        print(f"appended {len(rows)} row(s) to {args.log}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

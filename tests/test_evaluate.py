@@ -1,0 +1,127 @@
+"""evaluate.py: the character error rate against hand-worked strings, the rendering the reader sees,
+and the judge end to end on a tiny checkpoint (with a stand-in reader where Tesseract is absent)."""
+import csv
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dataset
+import evaluate
+from fixtures import train_tiny, write_data_dir
+from generate import Writer
+
+needs_tesseract = pytest.mark.skipif(not evaluate.tesseract_available(),
+                                     reason="Tesseract OCR is not installed (apt-get install tesseract-ocr)")
+
+
+@pytest.mark.parametrize("a, b, distance", [
+    ("kitten", "sitting", 3),  # k->s, e->i, +g
+    ("flaw", "lawn", 2),       # -f, +n
+    ("", "abc", 3),
+    ("abc", "", 3),
+    ("same", "same", 0),
+    ("ab", "ba", 2),           # no transpositions in Levenshtein's distance
+])
+def test_edit_distance_by_hand(a, b, distance):
+    assert evaluate.edit_distance(a, b) == distance == evaluate.edit_distance(b, a)
+
+
+def test_character_error_rate_sums_distances_over_all_characters():
+    # "helo  world" -> "helo world" (whitespace collapsed) is 1 edit from "hello world" (11 characters);
+    # "x" is 3 edits from "abc" (3 characters): 4 edits over 14 characters
+    assert evaluate.character_error_rate(["helo  world", "x"], ["hello world", " abc\n"]) == pytest.approx(4 / 14)
+    assert evaluate.character_error_rate([""], ["abcd"]) == 1.0
+
+
+def test_render_line_draws_strokes_at_the_fixed_scale_with_a_gap_at_the_pen_lift(tmp_path):
+    # two horizontal strokes of 200 pen units each, 200 units apart: 30 px of ink, 30 px gap, 30 px ink
+    offsets = np.array([[0, 0, 0], [1, 200, 0], [0, 200, 0], [1, 200, 0]], float)
+    path = tmp_path / "line.png"
+    evaluate.render_line(offsets, path)
+    ink = np.asarray(Image.open(path)) < 128
+    scale, margin = evaluate.PIXELS_PER_UNIT, evaluate.MARGIN
+    assert ink.shape[1] == pytest.approx(600 * scale + 2 * margin, abs=2)
+    columns = ink.any(axis=0)
+    assert columns[margin + 5:margin + 25].all()        # the first stroke
+    assert not columns[margin + 35:margin + 55].any()   # the pen was up here
+    assert columns[margin + 65:margin + 85].all()       # the second stroke
+    assert ink.any(axis=1).sum() <= evaluate.PEN_WIDTH + 2  # a horizontal line, one pen wide
+
+
+def text_as_strokes(text, size=400):
+    """Pen offsets that trace the outline of `text` in a font: strokes any reader can read."""
+    from matplotlib.textpath import TextPath
+    points, ends = [], []
+    for polygon in TextPath((0, 0), text, size=size).to_polygons():
+        points += list(polygon)
+        ends += [0] * (len(polygon) - 1) + [1]
+    offsets = np.zeros((len(points), 3))
+    offsets[:, 0] = ends
+    offsets[1:, 1:] = np.diff(np.array(points), axis=0)
+    return offsets
+
+
+@needs_tesseract
+def test_tesseract_reads_rendered_font_outlines(tmp_path):
+    """The rendering and the reader together: clearly drawn letters are read back exactly."""
+    paths = []
+    for i, text in enumerate(["hello world", "Graves 2013"]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        evaluate.render_line(text_as_strokes(text), paths[-1])
+    assert evaluate.character_error_rate(evaluate.read_with_tesseract(paths), ["hello world", "Graves 2013"]) < 0.1
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    best = train_tiny(str(root), "synthesis", "--max_steps", "1")
+    return os.path.join(os.path.dirname(best), "synthesis_last.pt"), os.path.join(root, "data")
+
+
+def test_legibility_reads_generated_and_human_lines_of_the_same_texts(tiny):
+    """A stand-in reader sees every image: it reads the human lines right and the generated lines as
+    nothing, so the figures must be exactly 1 and 0; and a window that never moves stalls every line."""
+    path, data_dir = tiny
+    data = dataset.load_data(os.path.join(data_dir, "validation.npz"))
+    writer = Writer.load(path)
+    K = writer.model.config.K
+    with torch.no_grad():
+        writer.model.window_layer.weight.zero_()
+        writer.model.window_layer.bias[2 * K:] = -30.0  # kappa never moves: every line hits the cap
+    subset = evaluate.legibility_subset(data, 5)
+    seen = []
+
+    def reader(paths):
+        assert all(Image.open(p).size[0] > 2 * evaluate.MARGIN for p in paths)
+        seen.append([os.path.basename(p) for p in paths])
+        human = "human" in os.path.basename(paths[0])
+        return [data.texts[i] if human else "" for i in subset]
+
+    with pytest.warns(UserWarning, match="step cap"):
+        figures = evaluate.legibility(writer, data, 5, bias=1.0, seed=0, batch_size=2, read=reader)
+    assert figures == {"lines": 5, "cer_generated": 1.0, "cer_human": 0.0, "cer_ratio": pytest.approx(1e9),
+                       "stalled": 5}
+    assert seen == [[f"{kind}_{i}.png" for i in range(5)] for kind in ["generated", "human"]]
+    assert subset == evaluate.legibility_subset(data, 5) == sorted(subset)  # fixed, whatever the checkpoint
+
+
+def test_judge_logs_one_row_per_checkpoint_and_says_when_tesseract_is_missing(tiny, tmp_path, monkeypatch, capsys):
+    path, data_dir = tiny
+    monkeypatch.setattr(evaluate, "tesseract_available", lambda: False)
+    log = tmp_path / "judgements.csv"
+    for _ in range(2):
+        evaluate.main([path, "--data_dir", data_dir, "--log", str(log)])
+    out = capsys.readouterr().out
+    assert "legibility skipped: Tesseract OCR is not installed (apt-get install tesseract-ocr)" in out
+    with open(log, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and rows[0]["checkpoint"] == path and rows[0]["task"] == "synthesis"
+    model = Writer.load(path).model
+    data = dataset.load_data(os.path.join(data_dir, "validation.npz"))
+    per_line, per_point = evaluate.dataset_nll(model, data, 8)
+    assert float(rows[1]["nats_per_line"]) == pytest.approx(per_line)
+    assert float(rows[1]["nats_per_point"]) == pytest.approx(per_point)
+    assert f"validation NLL {per_line:.1f} nats/line" in out
