@@ -42,6 +42,7 @@ What comes out (format in dataset.HandwritingData): one line of handwriting = fl
 """
 import argparse
 import os
+import pickle
 import re
 import sys
 import tarfile
@@ -68,6 +69,7 @@ SAMPLE_INTERVAL = 0.015       # seconds between pen readings
 MAX_INTERPOLATED_GAP = 0.2    # seconds; a longer gap is a pause, not lost readings
 MAX_STEP = 300.0              # raw units; a longer in-stroke step is a glitch
 MIN_POINTS = 10               # a line with fewer points cannot hold a written word
+MAX_STEP_RATIO = 1000.0       # a pen movement this many times the line's median step is a glitch
 TRANSCRIPTION_PLACEHOLDER = "Please Enter Transcription here"
 
 
@@ -535,12 +537,46 @@ def check_line(offsets, text):
         return "empty"
     if len(offsets) < MIN_POINTS:
         return f"fewer than {MIN_POINTS} points"
+    if not np.isfinite(offsets).all():
+        return "non-finite coordinates"  # one NaN would turn every statistic, and so every line, into NaN
+    # A glitch (a reading of 1e9, say) would inflate the normalisation for all lines. Real lines'
+    # longest movement, pen-up jumps included, is at most 270 times their median step.
+    steps = np.hypot(offsets[1:, 1], offsets[1:, 2])
+    if steps.max() > MAX_STEP_RATIO * max(np.median(steps), 1e-6):
+        return f"a pen movement over {MAX_STEP_RATIO:g} times the median step"
     if not text.strip():
         return "missing transcription"
     return None
 
 
 # ----------------------------------------------------------------------------- strokes.npy
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles numpy arrays and nothing else: np.load(allow_pickle=True) would run any call that
+    a crafted file names."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it asks to run {module}.{name}; only numpy arrays are accepted")
+        return super().find_class(module, name)
+
+
+def load_object_npy(path):
+    """An object array from a .npy file (the circulated strokes.npy, pickled by Python 2), safely."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise ValueError(f".npy format version {version} is not supported")
+        _, _, dtype = read_header(f)
+        if dtype != object:
+            f.seek(0)
+            return np.lib.format.read_array(f, allow_pickle=False)
+        return _ArraysOnly(f, encoding="latin1").load()
+
 
 def read_strokes_npy(strokes_path, sentences_path, validation_fraction=0.05):
     """The pre-processed pair: strokes.npy (object array of raw (T, 3) [eos, dx, dy], y downwards)
@@ -555,8 +591,9 @@ def read_strokes_npy(strokes_path, sentences_path, validation_fraction=0.05):
             raise PreprocessingError(f"{path} does not exist (--strokes and --sentences name the "
                                      "pre-processed pair strokes.npy + sentences.txt)")
     try:
-        # The file is a pickled object array (written by Python 2 in its usual copies).
-        sequences = np.load(strokes_path, allow_pickle=True, encoding="latin1")
+        sequences = load_object_npy(strokes_path)
+    except pickle.UnpicklingError as e:
+        raise PreprocessingError(f"{strokes_path} was not read: {e}") from None
     except Exception as e:
         raise PreprocessingError(f"Cannot read {strokes_path}: {e}") from None
     try:

@@ -98,6 +98,9 @@ class Progress:
     epoch_lines: int = 0        # ... and lines
     epoch_seconds: float = 0.0  # ... and wall-clock seconds
     bad_steps: int = 0          # non-finite steps in a row (skipped)
+    window_nll: float = 0.0     # training NLL since _last.pt was last due ...
+    window_points: float = 0.0  # ... over this many points
+    saved_nats_per_point: float = math.inf  # the training NLL per point of the window last saved
     warmup_from: int = 0        # the step the learning-rate warm-up started at
     cpu_seconds: float = 0.0    # CPU time of the whole lineage (--init_from carries it on)
 
@@ -118,6 +121,21 @@ class Run:
 
     def save(self, path, model, optimizer, progress, data):
         checkpoint.save(path, model, data, asdict(progress), self.args, optimizer)
+
+    def save_last(self, model, optimizer, progress, data):
+        """Save <task>_last.pt unless training is diverging: no good step since it was last due,
+        non-finite weights, or a training loss more than 1 nat per point above that of the window
+        last saved. Diverging weights must not replace the last good ones."""
+        window = progress.window_nll / progress.window_points if progress.window_points else math.nan
+        diverging = (not progress.window_points or window > progress.saved_nats_per_point + 1.0
+                     or not all(torch.isfinite(p).all() for p in model.parameters()))
+        progress.window_nll, progress.window_points = 0.0, 0.0
+        if diverging:
+            tqdm.write(f"step {progress.step}: training is diverging (loss {window:.3f} nats/point): "
+                       f"{self.last} keeps the weights it has")
+            return
+        progress.saved_nats_per_point = window
+        self.save(self.last, model, optimizer, progress, data)
 
     def write_log(self, history):
         with utils.atomic_path(self.log) as tmp:
@@ -186,6 +204,9 @@ def train(args):
     if len(train_data) == 0 or len(valid_data) == 0:
         raise SystemExit(f"{args.data_dir}: the training or validation split is empty; "
                          "rerun data_preprocessing.py.")
+    if valid_data.alphabet != train_data.alphabet:
+        raise SystemExit(f"{args.data_dir}: validation.npz and train.npz use different alphabets; make "
+                         "both with one run of data_preprocessing.py.")
     run = Run(args)
     config = ModelConfig(task=args.task, cell_size=args.cell_size, num_clusters=args.num_clusters,
                          K=args.K, alphabet_size=len(train_data.alphabet))
@@ -227,13 +248,16 @@ def train_epoch(args, run, model, optimizer, train_data, progress, epoch):
             progress.bad_steps += 1
             tqdm.write(f"step {progress.step}: non-finite loss or gradient, step skipped")
             if progress.bad_steps >= 10:
-                raise SystemExit(f"10 non-finite steps in a row; stopping. The last good "
-                                 f"checkpoint is {run.last}. Try a lower --learning_rate.")
+                raise SystemExit(f"10 non-finite steps in a row; stopping. {run.last} holds the last "
+                                 f"weights saved before the failures began (and {run.best} the best "
+                                 "epoch's). Try a lower --learning_rate.")
         else:
             progress.bad_steps = 0
             progress.epoch_nll += nll
             progress.epoch_points += count
             progress.epoch_lines += len(indices)
+            progress.window_nll += nll
+            progress.window_points += count
             points_this_run += count
             bar.set_postfix(nats_per_point=f"{nll / count:.3f}",
                             points_per_s=f"{points_this_run / (time.time() - started):.0f}")
@@ -245,7 +269,7 @@ def train_epoch(args, run, model, optimizer, train_data, progress, epoch):
         bar.update(1)
         stop = args.max_steps and progress.step >= args.max_steps
         if progress.step % args.save_every == 0 or stop:
-            run.save(run.last, model, optimizer, progress, train_data)
+            run.save_last(model, optimizer, progress, train_data)
         if stop:
             bar.close()
             return False
@@ -290,7 +314,7 @@ def end_epoch(args, run, model, optimizer, train_data, valid_data, progress, epo
     if valid_seq < progress.best_validation:
         progress.best_validation = valid_seq
         run.save(run.best, model, optimizer, progress, train_data)
-    run.save(run.last, model, optimizer, progress, train_data)
+    run.save_last(model, optimizer, progress, train_data)
     run.write_log(progress.history)
 
 

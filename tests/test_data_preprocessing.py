@@ -321,6 +321,26 @@ def test_preprocess_archives_match_folders(iam, tmp_path, capsys):
     assert "testset_f.txt 1" in printed and "lines in no split (not used): 1" in printed
 
 
+def test_non_finite_and_glitch_coordinates_drop_their_line_not_the_statistics(iam, tmp_path):
+    """One x="nan" would make every normalised value NaN, and one reading of 1e9 at a stroke's start
+    (a pen-up jump, which is never removed as an in-stroke glitch) would inflate dx's std a
+    thousandfold: each drops its own line, and the statistics stay those of the good lines."""
+    nan_line = [[(float("nan") if i == 3 else 200 + 10 * i, 300, t) for i, t in enumerate(NORMAL_TIMES)]]
+    jump_line = [LINE_B[0], [(1e9, 300, 0.5), (1e9 + 10, 300, 0.52)]]
+    write(iam / "lineStrokes" / form_folder("g07-000") / "g07-000-01.xml", stroke_xml(nan_line))
+    write(iam / "lineStrokes" / form_folder("g07-000") / "g07-000-02.xml", stroke_xml(jump_line))
+    write(iam / "ascii" / form_folder("g07-000") / "g07-000.txt", ascii_text(["not a number", "far away"]))
+    write(iam / "trainset.txt", (iam / "trainset.txt").read_text() + " g07-000\n")
+    summary = dp.preprocess(iam, tmp_path / "out", verbose=False)
+    assert summary["dropped"]["non-finite coordinates"] == 1
+    assert summary["dropped"]["a pen movement over 1000 times the median step"] == 1
+    train = dataset.load_data(tmp_path / "out" / "train.npz")
+    assert train.line_ids == TRAIN_IDS
+    rows = np.concatenate([np.array(o, dtype=np.float64)[:, 1:] for o in TRAIN_OFFSETS])
+    np.testing.assert_allclose(train.offset_std, rows.std(axis=0), rtol=1e-6)
+    assert all(np.isfinite(o).all() for o in train.offsets)
+
+
 def test_official_split(iam, tmp_path):
     summary = dp.preprocess(iam, tmp_path / "out", split="official", verbose=False)
     train = dataset.load_data(tmp_path / "out" / "train.npz")
@@ -414,6 +434,23 @@ def test_strokes_npy_input(tmp_path):
         np.testing.assert_allclose(raw_offsets(train, i), expected[i], atol=1e-4)
     np.testing.assert_allclose(raw_offsets(validation, 0), [[0, 0, 0]] + [[0, 1, 1]] * 9 + [[1, 1, 1]], atol=1e-4)
     assert summary["steps_removed"] == 1
+
+
+def test_a_strokes_npy_that_would_run_code_is_refused_not_run(tmp_path):
+    """strokes.npy is a pickle; only numpy arrays may come out of it, never a call."""
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    make_strokes_npy(tmp_path / "data")
+    sequences = np.load(tmp_path / "data" / "strokes.npy", allow_pickle=True)
+    sequences[1] = Payload()
+    np.save(tmp_path / "data" / "strokes.npy", sequences, allow_pickle=True)
+    with pytest.raises(dp.PreprocessingError, match="strokes.npy was not read: it asks to run .*open"):
+        dp.preprocess(tmp_path / "data", tmp_path / "out", verbose=False)
+    assert not marker.exists() and not (tmp_path / "out").exists()
 
 
 def test_strokes_npy_explicit_paths_and_mismatch(tmp_path):

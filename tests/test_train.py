@@ -449,6 +449,39 @@ def test_ten_non_finite_steps_stop_training(tmp_path, data_dir, monkeypatch):
     assert all(torch.isfinite(p).all() for p in loaded.parameters())
 
 
+def test_splits_with_different_alphabets_are_refused_before_training(tmp_path):
+    data_dir = write_data_dir(tmp_path / "data")
+    validation = dataset.load_data(tmp_path / "data" / "validation.npz")
+    validation.alphabet = validation.alphabet + "é"
+    dataset.save_data(tmp_path / "data" / "validation.npz", validation)
+    with pytest.raises(SystemExit, match="different alphabets"):
+        run(data_dir, tmp_path / "run", "rand_write")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_diverging_run_does_not_overwrite_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch, capsys):
+    """Finite but exploding losses (as with a far too high learning rate) keep _last.pt at the last
+    weights saved before them; the run can be resumed from there."""
+    real = train.sequence_nll
+    calls = []
+
+    def exploding(model, *args, **kwargs):
+        nll, count = real(model, *args, **kwargs)
+        if model.training:
+            calls.append(1)
+            if len(calls) > 4:
+                nll = nll * 1000 + 1e4 * count  # finite, and far worse than before
+        return nll, count
+
+    monkeypatch.setattr(train, "sequence_nll", exploding)
+    run(data_dir, tmp_path, "rand_write", "--max_steps", "8", "--save_every", "2")
+    assert torch.load(tmp_path / "rand_write_last.pt", weights_only=False)["step"] == 4
+    assert "training is diverging" in "".join(capsys.readouterr())
+    monkeypatch.setattr(train, "sequence_nll", real)
+    _, progress = run(data_dir, tmp_path, "rand_write", "--max_steps", "6", "--resume")
+    assert progress.step == 6
+
+
 def test_nine_non_finite_steps_do_not_stop_training(tmp_path, data_dir, monkeypatch):
     nan_on_training_calls(monkeypatch, set(range(3, 12)) | set(range(13, 22)))
     _, progress = run(data_dir, tmp_path, "rand_write", "--num_epochs", "6")
