@@ -4,6 +4,7 @@
     python train.py --task synthesis
     python train.py --task synthesis --resume                       # continue a stopped run exactly
     python train.py --task synthesis --init_from save/synthesis.pt  # go on from the shipped weights
+    torchrun --standalone --nproc_per_node=2 train.py --task synthesis --threads 1   # data-parallel
 
 Reads data/train.npz and data/validation.npz (made by data_preprocessing.py); writes to save/:
     <task>_last.pt    every epoch and every --save_every steps (everything needed to resume)
@@ -19,9 +20,11 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
+from datetime import timedelta
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 import checkpoint
@@ -102,7 +105,8 @@ class Progress:
     window_points: float = 0.0  # ... over this many points
     saved_nats_per_point: float = math.inf  # the training NLL per point of the window last saved
     warmup_from: int = 0        # the step the learning-rate warm-up started at
-    cpu_seconds: float = 0.0    # CPU time of the whole lineage (--init_from carries it on)
+    cpu_seconds: float = 0.0    # CPU time of the whole lineage, all processes (--init_from carries it on)
+    ranks: int = 1              # data-parallel processes; step_in_epoch counts steps of them all
 
     @classmethod
     def from_checkpoint(cls, saved):
@@ -112,15 +116,16 @@ class Progress:
 class Run:
     """The files of one run in MODEL_DIR."""
 
-    def __init__(self, args):
-        self.args = args
+    def __init__(self, args, writes=True):
+        self.args, self.writes = args, writes  # only rank 0 writes
         self.last = os.path.join(args.model_dir, f"{args.task}_last.pt")
         self.best = os.path.join(args.model_dir, f"{args.task}_best.pt")
         self.log = os.path.join(args.model_dir, f"{args.task}_log.csv")
         self.plot = os.path.join(args.model_dir, f"{args.task}_loss.png")
 
     def save(self, path, model, optimizer, progress, data):
-        checkpoint.save(path, model, data, asdict(progress), self.args, optimizer)
+        if self.writes:
+            checkpoint.save(path, model, data, asdict(progress), self.args, optimizer)
 
     def save_last(self, model, optimizer, progress, data):
         """Save <task>_last.pt unless training is diverging: no good step since it was last due,
@@ -131,13 +136,16 @@ class Run:
                      or not all(torch.isfinite(p).all() for p in model.parameters()))
         progress.window_nll, progress.window_points = 0.0, 0.0
         if diverging:
-            tqdm.write(f"step {progress.step}: training is diverging (loss {window:.3f} nats/point): "
-                       f"{self.last} keeps the weights it has")
+            if self.writes:
+                tqdm.write(f"step {progress.step}: training is diverging (loss {window:.3f} nats/point): "
+                           f"{self.last} keeps the weights it has")
             return
         progress.saved_nats_per_point = window
         self.save(self.last, model, optimizer, progress, data)
 
     def write_log(self, history):
+        if not self.writes:
+            return
         with utils.atomic_path(self.log) as tmp:
             with open(tmp, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=list(history[-1]))
@@ -146,9 +154,47 @@ class Run:
         utils.plot_loss_curves(history, self.plot, title=self.args.task)
 
 
+# ----------------------------------------------------------------------------- data parallel (torchrun)
+
+@dataclass
+class Ranks:
+    """This process's place among torchrun's processes: rank 0 of 1 without torchrun.
+
+    Each step, rank r trains on batch number step * size + r of the epoch's batches, and the loss
+    is normalised by the points of all ranks' batches together: one update is the single-process
+    update over the union of those batches. Only rank 0 evaluates, logs and writes files.
+    """
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def sum(self, values, device="cpu"):
+        """Each of `values` (floats) summed over all ranks, in one all_reduce."""
+        if self.size == 1:
+            return list(values)
+        total = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(total)
+        return total.tolist()
+
+
+def start_ranks(args):
+    """Join torchrun's process group (gloo on a CPU, NCCL on CUDA); Ranks() without torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return Ranks()
+    if torch.device(args.device).type == "cuda":
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(args.device)
+    # rank 0 evaluates alone at the end of each epoch while the others wait: a generous timeout
+    dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo", timeout=timedelta(hours=3))
+    return Ranks(dist.get_rank(), dist.get_world_size())
+
+
 # ----------------------------------------------------------------------------- starting
 
-def start(args, run, model, optimizer, train_data):
+def start(args, run, model, optimizer, train_data, ranks):
     """The Progress to start from: a fresh run, --resume (everything back as it was) or --init_from
     (weights only). Never overwrites another run's files without --resume."""
     if args.resume:
@@ -161,6 +207,9 @@ def start(args, run, model, optimizer, train_data):
         optimizer.load_state_dict(saved["optimizer"])
         checkpoint.restore_rng(saved)
         progress = Progress.from_checkpoint(saved)
+        if progress.ranks != ranks.size:
+            raise SystemExit(f"--resume: {run.last} was trained by {progress.ranks} process(es), this run has "
+                             f"{ranks.size}; resume with as many, or start anew with --init_from {run.last}.")
         print(f"resumed {run.last}: epoch {progress.epoch + 1}, step {progress.step}")
         return progress
     if os.path.exists(run.last):
@@ -173,10 +222,10 @@ def start(args, run, model, optimizer, train_data):
         progress = Progress(epoch=saved.get("epoch", 0), step=saved.get("step", 0),
                             warmup_from=saved.get("step", 0), history=list(saved.get("history", [])),
                             best_validation=saved.get("best_validation", math.inf),
-                            cpu_seconds=saved.get("cpu_seconds", 0.0))
+                            cpu_seconds=saved.get("cpu_seconds", 0.0), ranks=ranks.size)
         print(f"initialised from {args.init_from}: epoch {progress.epoch + 1}, step {progress.step}")
         return progress
-    return Progress()
+    return Progress(ranks=ranks.size)
 
 
 def load_or_exit(path, device, flag, hint=""):
@@ -199,6 +248,18 @@ def train(args):
     uses_bf16(args.device, args.precision)  # refuse an impossible --precision before any work
     if args.threads:
         torch.set_num_threads(args.threads)
+    ranks = start_ranks(args)
+    try:
+        result = train_ranks(args, ranks)
+        if ranks.size > 1:
+            dist.barrier()  # rank 0 may still be writing; leave together
+        return result
+    finally:
+        if ranks.size > 1:
+            dist.destroy_process_group()
+
+
+def train_ranks(args, ranks):
     train_data = dataset.load_data(os.path.join(args.data_dir, "train.npz"))
     valid_data = dataset.load_data(os.path.join(args.data_dir, "validation.npz"))
     if len(train_data) == 0 or len(valid_data) == 0:
@@ -207,42 +268,50 @@ def train(args):
     if valid_data.alphabet != train_data.alphabet:
         raise SystemExit(f"{args.data_dir}: validation.npz and train.npz use different alphabets; make "
                          "both with one run of data_preprocessing.py.")
-    run = Run(args)
+    run = Run(args, writes=ranks.main)
     config = ModelConfig(task=args.task, cell_size=args.cell_size, num_clusters=args.num_clusters,
                          K=args.K, alphabet_size=len(train_data.alphabet))
     torch.manual_seed(args.seed)
     model = HandwritingModel(config).to(args.device)
     model.compile_recurrence = args.compile
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
-    progress = start(args, run, model, optimizer, train_data)
-    os.makedirs(args.model_dir, exist_ok=True)
-
-    print(f"{args.task}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"{len(train_data)} training / {len(valid_data)} validation lines, device {args.device}")
+    progress = start(args, run, model, optimizer, train_data, ranks)
+    if ranks.main:
+        os.makedirs(args.model_dir, exist_ok=True)
+        print(f"{args.task}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+              f"{len(train_data)} training / {len(valid_data)} validation lines, device {args.device}"
+              + (f", {ranks.size} processes" if ranks.size > 1 else ""))
+    # DDP averages the ranks' gradients as they are computed; all ranks start from rank 0's weights
+    trained = torch.nn.parallel.DistributedDataParallel(model) if ranks.size > 1 else model
     if args.max_steps and progress.step >= args.max_steps:
         print(f"already at step {progress.step} >= --max_steps {args.max_steps}; nothing to do")
         return model, progress
     for epoch in range(progress.epoch, args.num_epochs):
-        if not train_epoch(args, run, model, optimizer, train_data, progress, epoch):
-            print(f"stopped after --max_steps {args.max_steps}")
+        if not train_epoch(args, run, trained, optimizer, train_data, progress, epoch, ranks):
+            if ranks.main:
+                print(f"stopped after --max_steps {args.max_steps}")
             break
-        end_epoch(args, run, model, optimizer, train_data, valid_data, progress, epoch)
+        end_epoch(args, run, model, optimizer, train_data, valid_data, progress, epoch, ranks)
     return model, progress
 
 
-def train_epoch(args, run, model, optimizer, train_data, progress, epoch):
+def train_epoch(args, run, model, optimizer, train_data, progress, epoch, ranks):
     """Train the rest of epoch `epoch`; False when --max_steps stopped it first."""
-    # the batch order is a function of (seed, epoch), so a resumed run sees the same batches
+    # the batch order is a function of (seed, epoch), so a resumed run sees the same batches;
+    # step s takes batches s * ranks.size ... s * ranks.size + ranks.size - 1, one per rank
     batches = dataset.make_batches([len(x) for x in train_data.offsets], args.batch_size,
                                    np.random.default_rng([args.seed, epoch]), args.bucket_pool)
-    started, points_this_run = time.time(), 0.0
+    steps = len(batches) // ranks.size
+    started, points_this_run, cpu_unsummed = time.time(), 0.0, 0.0
     cpu_mark, wall_mark = time.process_time(), time.time()
-    bar = tqdm(batches, initial=progress.step_in_epoch, desc=f"epoch {epoch + 1}/{args.num_epochs}")
-    for indices in batches[progress.step_in_epoch:]:
+    bar = tqdm(total=steps, initial=progress.step_in_epoch, desc=f"epoch {epoch + 1}/{args.num_epochs}",
+               disable=not ranks.main)
+    for step in range(progress.step_in_epoch, steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args, epoch, progress)
+        indices = batches[step * ranks.size + ranks.rank]
         batch = dataset.collate(train_data, indices, args.timesteps + 1, args.device)
-        nll, count = train_step(args, model, optimizer, batch)
+        nll, count, lines = train_step(args, model, optimizer, batch, ranks)
         if nll is None:
             # a non-finite step would poison the weights and Adam's moments: it was skipped
             progress.bad_steps += 1
@@ -255,7 +324,7 @@ def train_epoch(args, run, model, optimizer, train_data, progress, epoch):
             progress.bad_steps = 0
             progress.epoch_nll += nll
             progress.epoch_points += count
-            progress.epoch_lines += len(indices)
+            progress.epoch_lines += lines
             progress.window_nll += nll
             progress.window_points += count
             points_this_run += count
@@ -263,13 +332,17 @@ def train_epoch(args, run, model, optimizer, train_data, progress, epoch):
                             points_per_s=f"{points_this_run / (time.time() - started):.0f}")
         progress.step += 1
         progress.step_in_epoch += 1
-        progress.cpu_seconds += time.process_time() - cpu_mark
+        cpu_unsummed += time.process_time() - cpu_mark
         progress.epoch_seconds += time.time() - wall_mark
         cpu_mark, wall_mark = time.process_time(), time.time()
         bar.update(1)
         stop = args.max_steps and progress.step >= args.max_steps
+        if progress.step % args.save_every == 0 or stop or progress.step_in_epoch == steps:
+            # every rank reaches these points together: add all ranks' CPU time in one all_reduce
+            progress.cpu_seconds += ranks.sum([cpu_unsummed], args.device)[0]
+            cpu_unsummed = 0.0
         if progress.step % args.save_every == 0 or stop:
-            run.save_last(model, optimizer, progress, train_data)
+            run.save_last(unwrapped(model), optimizer, progress, train_data)
         if stop:
             bar.close()
             return False
@@ -277,23 +350,42 @@ def train_epoch(args, run, model, optimizer, train_data, progress, epoch):
     return True
 
 
-def train_step(args, model, optimizer, batch):
-    """One optimizer step on a batch's mean NLL per point: (batch NLL, its points), or (None, None)
-    when the loss or the gradient is not finite and the step was skipped."""
+def unwrapped(model):
+    """The HandwritingModel inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def train_step(args, model, optimizer, batch, ranks):
+    """One optimizer step on the mean NLL per point of all ranks' batches together. Returns their
+    (NLL, points, lines), or Nones when the loss or the gradient is not finite and the step was
+    skipped (by every rank alike: they see the same sums and the same averaged gradient)."""
     offsets, mask, text, text_mask = batch
     with autocast(args.device, args.precision):
         nll, count = sequence_nll(model, offsets, mask, text, text_mask)
+    total_nll, total_count, lines = ranks.sum([nll.item(), count.item(), len(offsets)], args.device)
     optimizer.zero_grad(set_to_none=True)
-    (nll / count).backward()
+    # DDP averages the ranks' gradients: times ranks.size, that is the gradient of the global mean
+    (nll * (ranks.size / total_count)).backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or math.inf)
-    if not (torch.isfinite(nll) and torch.isfinite(grad_norm)):
-        return None, None
+    if not (math.isfinite(total_nll) and torch.isfinite(grad_norm)):
+        return None, None, None
     optimizer.step()
-    return nll.item(), count.item()
+    return total_nll, total_count, int(lines)
 
 
-def end_epoch(args, run, model, optimizer, train_data, valid_data, progress, epoch):
-    """Validate, log the epoch, and checkpoint it (as the best too, when it is)."""
+def end_epoch(args, run, model, optimizer, train_data, valid_data, progress, epoch, ranks):
+    """Rank 0 validates and logs the epoch; then the checkpoints (the best too, when it is)."""
+    is_best = ranks.main and validate(args, model, optimizer, valid_data, progress, epoch)
+    progress.epoch, progress.step_in_epoch = epoch + 1, 0
+    progress.epoch_nll, progress.epoch_points, progress.epoch_lines, progress.epoch_seconds = 0.0, 0.0, 0, 0.0
+    if is_best:
+        run.save(run.best, model, optimizer, progress, train_data)
+    run.save_last(model, optimizer, progress, train_data)
+    run.write_log(progress.history)
+
+
+def validate(args, model, optimizer, valid_data, progress, epoch):
+    """Add the epoch's record (training and validation NLL) to the history; True if it is the best."""
     cpu_mark = time.process_time()
     valid_seq, valid_point = dataset_nll(model, valid_data, args.batch_size, args.device)
     progress.cpu_seconds += time.process_time() - cpu_mark
@@ -306,16 +398,13 @@ def end_epoch(args, run, model, optimizer, train_data, valid_data, progress, epo
               "seconds": round(progress.epoch_seconds, 1),  # of training, wall clock
               "cpu_hours": round(progress.cpu_seconds / 3600, 3)}
     progress.history.append(record)
-    progress.epoch, progress.step_in_epoch = epoch + 1, 0
-    progress.epoch_nll, progress.epoch_points, progress.epoch_lines, progress.epoch_seconds = 0.0, 0.0, 0, 0.0
     print(f"epoch {epoch + 1}: train {record['train_nats_per_sequence']:.1f} nats/seq "
           f"({record['train_nats_per_point']:.4f}/point), validation {valid_seq:.1f} nats/seq "
           f"({valid_point:.4f}/point), {record['cpu_hours']:.2f} CPU hours")
-    if valid_seq < progress.best_validation:
-        progress.best_validation = valid_seq
-        run.save(run.best, model, optimizer, progress, train_data)
-    run.save_last(model, optimizer, progress, train_data)
-    run.write_log(progress.history)
+    if valid_seq >= progress.best_validation:
+        return False
+    progress.best_validation = valid_seq
+    return True
 
 
 if __name__ == "__main__":

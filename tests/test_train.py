@@ -518,3 +518,58 @@ def test_bf16_is_refused_with_a_sentence_where_the_cpu_lacks_it(tmp_path, data_d
         train.train(train.parse_args(["--data_dir", data_dir, "--model_dir", str(tmp_path), "--precision", "bf16",
                                       "--max_steps", "1", *TINY_MODEL]))
     assert not os.path.exists(tmp_path / "rand_write_last.pt")
+
+
+# ----------------------------------------------------------------------------- data parallel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_two_processes_make_the_update_of_one_over_the_same_global_batches(tmp_path, data_dir):
+    """torchrun with two gloo processes: after 3 steps (crossing an epoch boundary, where rank 0
+    validates alone), the weights equal a single process's Adam steps on the union of the two
+    ranks' batches, the loss normalised by all their points; rank 0 alone wrote the files."""
+    import subprocess
+    import sys
+
+    args = ["--task", "synthesis", "--data_dir", data_dir, "--model_dir", str(tmp_path), "--precision", "fp32",
+            "--learning_rate", "1e-2", "--decay_rate", "0.5", "--max_steps", "3", "--threads", "1", *TINY_MODEL]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=240,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("epoch 1: train") == 1  # one rank logs
+    saved = torch.load(tmp_path / "synthesis_last.pt", weights_only=False)
+    assert saved["step"] == 3 and saved["ranks"] == 2 and saved["epoch"] == 1
+
+    # the same three updates, by hand, in one process
+    options = train.parse_args(args)
+    data = dataset.load_data(os.path.join(data_dir, "train.npz"))
+    torch.manual_seed(options.seed)
+    model = HandwritingModel(ModelConfig(task="synthesis", cell_size=16, num_clusters=3, K=2,
+                                         alphabet_size=len(data.alphabet)))
+    optimizer = torch.optim.Adam(model.parameters())
+    lengths = [len(x) for x in data.offsets]
+    for epoch, steps in [(0, [0, 1]), (1, [0])]:  # 4 batches of 8 lines per epoch: 2 steps of 2 ranks
+        batches = dataset.make_batches(lengths, 8, np.random.default_rng([options.seed, epoch]), options.bucket_pool)
+        for step in steps:
+            union = np.concatenate(batches[2 * step:2 * step + 2])
+            offsets, mask, text, text_mask = dataset.collate(data, union, options.timesteps + 1)
+            nll, count = sequence_nll(model, offsets, mask, text, text_mask)
+            optimizer.zero_grad()
+            (nll / count).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            for group in optimizer.param_groups:
+                group["lr"] = 1e-2 * 0.5 ** epoch
+            optimizer.step()
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(saved["model"][name], value, rtol=1e-4, atol=1e-6)
+
+
+def test_resuming_with_another_number_of_processes_is_refused(tmp_path, data_dir):
+    run(data_dir, tmp_path, "rand_write", "--max_steps", "1")
+    saved = torch.load(tmp_path / "rand_write_last.pt", weights_only=False)
+    saved["ranks"] = 2
+    torch.save(saved, tmp_path / "rand_write_last.pt")
+    with pytest.raises(SystemExit, match="trained by 2 process.*this run has 1.*--init_from"):
+        run(data_dir, tmp_path, "rand_write", "--resume")
