@@ -1,6 +1,8 @@
-"""Training throughput: the straightforward implementation against ours, side by side, on real data.
+"""Training throughput: the seed's formulation against ours, side by side, on real data, and both
+against the machine's matrix-multiply roof.
 
     python bench.py                       # both tasks, a few optimizer steps each
+    python bench.py --sampling            # seconds to write one 40-character line, and a batch
     python bench.py --task synthesis --steps 5
     python bench.py --compare_loss 120    # also train both 120 steps, comparing validation NLL every 40
     python bench.py --task synthesis --compare_loss 600 --seeds 3 --device cuda   # the longer check
@@ -8,11 +10,14 @@
     python bench.py --task synthesis --compare_loss 200 --seeds 2 --first_seed 3   # seeds 3 and 4
     python bench.py --check_precision save/synthesis.pt   # what bf16 changes for trained weights
 
-The baseline is how these models are usually written: every batch padded to --timesteps,
-fp32, nn.LSTM for rand_write, and for synthesis a Python loop over two nn.LSTMCells with the
-window and the output layer computed at every step. Ours (model.py + train.py) batches lines of
-similar length, runs only layer 1 and the window in the loop, and uses bf16 matrix products where
-the hardware has them. Throughput counts real (unpadded) predicted points per second.
+The baseline is the seed repository's formulation (SeedModel): every batch padded to --timesteps,
+fp32, two nn.LSTMs for rand_write; for synthesis layer 1 (an nn.LSTMCell) and the window stepped in
+a Python loop under autograd, then layer 2 (an nn.LSTM) and the output layer once over the
+sequence. Ours (model.py + train.py) batches lines of similar length, steps layer 1 and the window
+with a hand-written backward pass, and uses bf16 matrix products where the hardware has them.
+Throughput counts real (unpadded) predicted points per second; the roof is the speed of one large
+matrix product on this machine, and ours is reported as a share of it (FLOPs per point from the
+model's configuration).
 """
 import argparse
 import os
@@ -32,8 +37,13 @@ from model import (HandwritingModel, ModelConfig, autocast, point_nll, sequence_
 from train import add_shared_arguments
 
 
-class StraightforwardModel(nn.Module):
-    """Both tasks written the plain way: one cell step (and window) after another."""
+class SeedModel(nn.Module):
+    """The baseline: the models as the seed repository formulated them, in plain PyTorch.
+
+    rand_write is two nn.LSTM layers over the whole sequence. synthesis steps layer 1 (an
+    nn.LSTMCell) and the window through time in a Python loop, under autograd, and then runs
+    layer 2 (an nn.LSTM) and the output layer once each over the whole sequence.
+    """
 
     def __init__(self, config):
         super().__init__()
@@ -42,11 +52,10 @@ class StraightforwardModel(nn.Module):
         self.A = A
         if config.task == "synthesis":
             self.cell1 = nn.LSTMCell(3 + A, H)
-            self.cell2 = nn.LSTMCell(3 + H + A, H)
             self.window_layer = nn.Linear(H, 3 * config.K)
         else:
             self.layer1 = nn.LSTM(3, H, batch_first=True)
-            self.layer2 = nn.LSTM(3 + H, H, batch_first=True)
+        self.layer2 = nn.LSTM(3 + H + A, H, batch_first=True)
         self.output_layer = nn.Linear(2 * H, 6 * config.num_clusters + 1)
 
     def forward(self, offsets, text=None, text_mask=None):
@@ -57,21 +66,21 @@ class StraightforwardModel(nn.Module):
         B, T, _ = offsets.shape
         H = self.config.cell_size
         one_hot = F.one_hot(text, self.A).to(offsets.dtype)
-        state1 = state2 = (offsets.new_zeros(B, H), offsets.new_zeros(B, H))
+        state = (offsets.new_zeros(B, H), offsets.new_zeros(B, H))
         kappa, window = offsets.new_zeros(B, self.config.K), offsets.new_zeros(B, self.A)
-        ys = []
+        h1s, windows = [], []
         for t in range(T):
-            x = offsets[:, t]
-            state1 = self.cell1(torch.cat([x, window], -1), state1)
-            a, b, k = self.window_layer(state1[0]).chunk(3, -1)
+            state = self.cell1(torch.cat([offsets[:, t], window], -1), state)
+            a, b, k = self.window_layer(state[0]).chunk(3, -1)
             phi, kappa = window_weights(a, b, k, kappa, text_mask)
             window = torch.bmm(phi.unsqueeze(1), one_hot).squeeze(1)
-            state2 = self.cell2(torch.cat([x, state1[0], window], -1), state2)
-            ys.append(self.output_layer(torch.cat([state1[0], state2[0]], -1)))
-        return torch.stack(ys, 1)
+            h1s.append(state[0]), windows.append(window)
+        h1, windows = torch.stack(h1s, 1), torch.stack(windows, 1)
+        h2, _ = self.layer2(torch.cat([offsets, h1, windows], -1))
+        return self.output_layer(torch.cat([h1, h2], -1))
 
 
-def straightforward_nll(model, offsets, mask, text, text_mask):
+def seed_nll(model, offsets, mask, text, text_mask):
     y = model(offsets[:, :-1], text, text_mask)
     nll = point_nll(split_mixture(y), offsets[:, 1:])
     target_mask = mask[:, 1:]
@@ -161,6 +170,9 @@ def parse_args(argv=None):
                    help="comma-separated, for --compare_loss: padded (fp32, padded batches), bucketed "
                         "(fp32, bucketed batches: isolates bucketing from precision), ours (bucketed, "
                         "--precision); seed s gives the same runs whichever variants are listed")
+    p.add_argument("--roof_seconds", type=float, default=2.0, help="how long to time the matrix-product roof")
+    p.add_argument("--sampling", metavar="CHECKPOINT", nargs="?", const="save/synthesis.pt",
+                   help="instead of training: time writing one 40-character line, and 10 as a batch")
     p.add_argument("--check_precision", metavar="CHECKPOINT",
                    help="instead of timing: compare bf16 with fp32 validation NLL and gradients for a "
                         "checkpoint's weights (its task), or 'fresh' for newly initialised ones")
@@ -179,6 +191,9 @@ def main(argv=None):
     uses_bf16(args.device, args.precision)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.sampling:
+        time_sampling(args.sampling)
+        return
     data = dataset.load_data(os.path.join(args.data_dir, "train.npz"))
     where = torch.cuda.get_device_name(args.device) if torch.device(args.device).type == "cuda" \
         else f"cpu, {torch.get_num_threads()} threads"
@@ -200,11 +215,39 @@ def main(argv=None):
             compare_loss(config, data, args)
 
 
+def matmul_roof(device, dtype, size=2048, seconds=2.0):
+    """FLOP/s of one large square matrix product, repeated for about `seconds`: the machine's roof."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    a.mm(b)  # warm up
+    synchronize(device)
+    started, repeats = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        a.mm(b)
+        repeats += 1
+    synchronize(device)
+    return 2 * size ** 3 * repeats / (time.perf_counter() - started)
+
+
+def flops_per_point(config, text_length=40):
+    """Training FLOPs per predicted point: forward matrix products (2 per multiply-add) times 3,
+    for the forward pass and the two products of the backward pass. Elementwise work is left out."""
+    H, M, K = config.cell_size, config.num_clusters, config.K
+    A = config.alphabet_size if config.task == "synthesis" else 0
+    forward = 2 * (3 + H + A) * 4 * H            # layer 1: [x, h1, w] -> gates
+    forward += 2 * (3 + H + A + H) * 4 * H       # layer 2: [x, h1, w, h2] -> gates
+    forward += 2 * 2 * H * (6 * M + 1)           # output layer
+    if A:
+        forward += 2 * H * 3 * K + 2 * text_length * A  # window parameters, phi times the one-hot text
+    return 3 * forward
+
+
 def time_both(config, data, args):
-    """Points per second of the straightforward implementation and ours, from the same weights."""
+    """Points per second of the seed's formulation and ours, from the same weights, and ours as a
+    share of the machine's roof."""
     results = {}
     for name, model_class, batches, loss_fn, precision in [
-        ("straightforward", StraightforwardModel, padded_batches, straightforward_nll, "fp32"),
+        ("seed", SeedModel, padded_batches, seed_nll, "fp32"),
         ("ours", HandwritingModel, bucketed_batches, sequence_nll, args.precision),
     ]:
         model = fresh_model(model_class, config, 0, args)
@@ -213,7 +256,31 @@ def time_both(config, data, args):
                                loss_fn, args.steps, precision, device=args.device)
         results[name] = points_s
         print(f"{config.task:10s} {name:15s} {step_s:6.2f} s/step  {points_s:8.0f} real points/s")
-    print(f"{config.task:10s} speed-up {results['ours'] / results['straightforward']:.2f}x")
+    print(f"{config.task:10s} speed-up {results['ours'] / results['seed']:.2f}x")
+    flops = flops_per_point(config)
+    bf16 = uses_bf16(args.device, args.precision)
+    roof = matmul_roof(args.device, torch.bfloat16 if bf16 else torch.float32, seconds=args.roof_seconds)
+    print(f"{config.task:10s} {flops / 1e6:.1f} MFLOP per point; roof ({'bf16' if bf16 else 'fp32'} matrix "
+          f"product) {roof / 1e9:.1f} GFLOP/s; ours {results['ours'] * flops / 1e9:.1f} GFLOP/s = "
+          f"{results['ours'] * flops / roof:.0%} of the roof, the seed {results['seed'] * flops / 1e9:.1f} GFLOP/s")
+
+
+def time_sampling(path, text="The quick brown fox jumps over lazy dogs", repeats=3):
+    """Seconds to write one line of `text` (40 characters), and per line in a batch of ten."""
+    from generate import Writer
+
+    writer = Writer.load(path)
+    print(f"sampling with {path}, cpu, {torch.get_num_threads()} thread(s)")
+    for lines in [1, 10]:
+        seconds, points = [], 0
+        for seed in range(repeats):
+            started = time.perf_counter()
+            writing = writer.write([text] * lines, bias=1.0, seed=seed)
+            seconds.append(time.perf_counter() - started)
+            points += sum(len(line) for line in writing.lines)
+        best = min(seconds)
+        print(f"{lines:2d} line(s) of {len(text)} characters: {best:.2f} s (best of {repeats}), "
+              f"{best / lines:.3f} s per line, {points / repeats / lines:.0f} points per line")
 
 
 def validation_subset(args):

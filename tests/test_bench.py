@@ -1,10 +1,10 @@
-"""bench.py: its straightforward baseline computes what our model computes, and its command line."""
+"""bench.py: its baseline (the seed's formulation) computes what our model computes, and its command line."""
 import shutil
 
 import pytest
 import torch
 
-from bench import StraightforwardModel
+from bench import SeedModel
 from model import HandwritingModel, ModelConfig
 
 
@@ -19,8 +19,7 @@ def copy_weights(ours, plain):
             plain.cell1.weight_hh.copy_(ours.layer1_recurrent.weight[:, :H][to_cell_order])
             plain.cell1.bias_ih.copy_(ours.layer1_input.bias[to_cell_order])
             plain.cell1.bias_hh.zero_()
-            for name in ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]:
-                getattr(plain.cell2, name).copy_(getattr(ours.layer2, name + "_l0"))
+            plain.layer2.load_state_dict(ours.layer2.state_dict())
             plain.window_layer.load_state_dict(ours.window_layer.state_dict())
         else:
             plain.layer1.load_state_dict(ours.layer1.state_dict())
@@ -29,11 +28,11 @@ def copy_weights(ours, plain):
     return to_cell_order
 
 
-def test_ours_matches_the_straightforward_loop_values_and_gradients():
+def test_ours_matches_the_seed_formulation_values_and_gradients():
     torch.manual_seed(0)
     for task in ["rand_write", "synthesis"]:
         config = ModelConfig(task=task, cell_size=12, num_clusters=3, K=2, alphabet_size=7)
-        ours, plain = HandwritingModel(config).double(), StraightforwardModel(config).double()
+        ours, plain = HandwritingModel(config).double(), SeedModel(config).double()
         with torch.no_grad():  # move the window along so phi is not negligible everywhere
             for p in ours.parameters():
                 p.mul_(3)
@@ -60,14 +59,14 @@ def test_ours_matches_the_straightforward_loop_values_and_gradients():
                                        plain.cell1.weight_ih.grad[:, 3:])
             torch.testing.assert_close(ours.layer1_input.weight.grad[to_cell_order], plain.cell1.weight_ih.grad[:, :3])
             torch.testing.assert_close(ours.layer1_input.bias.grad[to_cell_order], plain.cell1.bias_hh.grad)
-            torch.testing.assert_close(ours.layer2.weight_hh_l0.grad, plain.cell2.weight_hh.grad)
+            torch.testing.assert_close(ours.layer2.weight_hh_l0.grad, plain.layer2.weight_hh_l0.grad)
 
 
 def tiny_bench_args(data_dir):
     """bench.py on fixture data at a size that runs in a second: one timed step, two compared."""
     return ["--task", "synthesis", "--data_dir", data_dir, "--steps", "1", "--batch_size", "4",
             "--timesteps", "30", "--cell_size", "8", "--compare_loss", "2", "--compare_every", "1",
-            "--validation_lines", "4", "--device", "cpu"]
+            "--validation_lines", "4", "--device", "cpu", "--roof_seconds", "0.1"]
 
 
 def test_bench_command_line_on_tiny_data(tmp_path, capsys):
@@ -84,6 +83,11 @@ def test_bench_command_line_on_tiny_data(tmp_path, capsys):
     bench.main(tiny_bench_args(data_dir) + ["--seeds", "2"])
     out = capsys.readouterr().out
     assert re.search(r"synthesis  speed-up \d+\.\d\dx", out)
+    roof = re.search(r"synthesis  ([\d.]+) MFLOP per point; roof \((?:fp32|bf16) matrix product\) ([\d.]+) GFLOP/s; "
+                     r"ours ([\d.]+) GFLOP/s = (\d+)% of the roof", out)
+    assert roof, out
+    mflop, roof_gflops, ours_gflops, share = (float(v) for v in roof.groups())
+    assert share == pytest.approx(100 * ours_gflops / roof_gflops, abs=1)
     for name in ["fp32, padded batches", "ours"]:
         per_seed = np.array([[float(v) for v in re.findall(
             rf"{re.escape(name)}\s+seed {seed} after {step} steps: validation (-?\d+\.\d) nats/seq", out)]
@@ -199,3 +203,27 @@ def test_check_precision_is_refused_with_a_sentence_without_bf16(tmp_path, monke
     with pytest.raises(SystemExit, match="no bf16 support"):
         bench.main(tiny_bench_args(write_data_dir(tmp_path / "data")) + ["--check_precision", "fresh"])
     assert "validation" not in capsys.readouterr().out
+
+
+def test_flops_per_point_by_hand():
+    """H=400, A=84, M=20, K=10, 40 characters: layer 1 2*(3+400+84)*1600, layer 2 2*(3+400+84+400)*1600,
+    output 2*800*121, window 2*400*30 + 2*40*84; three times the forward pass."""
+    from bench import flops_per_point
+    synthesis = ModelConfig(task="synthesis", alphabet_size=84)
+    assert flops_per_point(synthesis) == 3 * (1_558_400 + 2_838_400 + 193_600 + 24_000 + 6_720)
+    assert flops_per_point(ModelConfig(task="rand_write")) == 3 * (1_289_600 + 2_569_600 + 193_600)
+
+
+def test_sampling_timing_writes_and_reports_per_line(tmp_path, capsys):
+    import re
+
+    import bench
+    from fixtures import train_tiny
+
+    checkpoint = train_tiny(tmp_path, "synthesis", "--max_steps", "1").replace("_best", "_last")
+    bench.main(["--sampling", checkpoint])
+    out = capsys.readouterr().out
+    one, ten = (re.search(rf"{n:2d} line\(s\) of 40 characters: ([\d.]+) s \(best of 3\), ([\d.]+) s per line", out)
+                for n in [1, 10])
+    assert one and ten, out
+    assert float(ten.group(2)) == pytest.approx(float(ten.group(1)) / 10, abs=0.001)
