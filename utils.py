@@ -34,6 +34,18 @@ def atomic_path(path):
             os.remove(tmp)
 
 
+def picture_format(path):
+    """The picture format that `path`'s extension names (png, svg, pdf, jpg ...), checked before any
+    drawing: without one, savefig would write a file of another name than the one renamed into place."""
+    from matplotlib.figure import Figure
+    extension = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    supported = Figure().canvas.get_supported_filetypes()
+    if extension not in supported:
+        raise ValueError(f"{path}: the extension says the picture format; use one of "
+                         f"{', '.join('.' + e for e in sorted(supported))}")
+    return extension
+
+
 # ----------------------------------------------------------------------------- plots
 
 def plot_loss_curves(history, path=None, title="", ax=None):
@@ -45,7 +57,7 @@ def plot_loss_curves(history, path=None, title="", ax=None):
         plot_loss_curves(history, title=title, ax=fig.add_subplot())
         fig.tight_layout()
         with atomic_path(path) as tmp:
-            fig.savefig(tmp)
+            fig.savefig(tmp, format=picture_format(path))
         return
     epochs = [r["epoch"] for r in history]
     ax.plot(epochs, [r["train_nats_per_sequence"] for r in history], "o-", label="train")
@@ -123,6 +135,7 @@ def plot_strokes(lines, path=None, ax=None, titles=None, linewidth=1.5, width=10
         return draw_strokes(ax, lines, titles, linewidth)
     if path is None:
         raise ValueError("plot_strokes needs a path or an Axes")
+    picture_format(path)
     placed = [np.concatenate(s) for s in layout_lines(lines) if s]
     if placed:
         points = np.concatenate(placed)
@@ -133,7 +146,7 @@ def plot_strokes(lines, path=None, ax=None, titles=None, linewidth=1.5, width=10
     ax = fig.add_axes([0.01, 0.01, 0.98, 0.98])
     draw_strokes(ax, lines, titles, linewidth)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
+        fig.savefig(tmp, dpi=100, format=picture_format(path))
     return ax
 
 
@@ -208,6 +221,7 @@ def plot_attention(phi, text, path=None, ax=None):
         return draw_attention(ax, phi, text)
     if path is None:
         raise ValueError("plot_attention needs a path or an Axes")
+    picture_format(path)
     phis, texts = (phi, text) if isinstance(text, (list, tuple)) else ([phi], [text])
     heights = [max(1.5, 0.18 * len(t) + 0.8) for t in texts]
     fig = _figure(10, sum(heights) + 0.3)
@@ -217,5 +231,5 @@ def plot_attention(phi, text, path=None, ax=None):
     axes[0].set_title("attention window phi(t, u)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
+        fig.savefig(tmp, dpi=100, format=picture_format(path))
     return axes[0] if len(axes) == 1 else axes
