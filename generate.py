@@ -20,12 +20,22 @@ or equal-length lines, .npz for any: line_0, line_1 ... and texts).
 A text line ends by Graves' rule (section 5.1): when the window weight phi of the position just
 after the text exceeds that of every real character, the network has "read" the whole text. A step
 cap (--max_points_per_char per character) stops a line that never gets there, with a warning.
+
+Style (section 5.5): --prime FILE (an IAM-OnDB line XML, InkML or JSON) or --prime_line LINE_ID
+(a line of the processed data) is read by the network before it writes, so that it writes on in
+that hand. Pages: --width N word-wraps the texts into lines of at most N characters and writes them
+one below the other in one style (Writer.write_page).
+
+    python generate.py --prime a01-000u-01.xml --prime_text "A MOVE to stop Mr. Gaitskell" --text "in my hand"
+    python generate.py --text_file paragraph.txt --width 40 --bias 1 --out samples/page.png
 """
 import argparse
+import json
 import math
 import os
 import time
 import warnings
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Optional
 
@@ -33,10 +43,15 @@ import numpy as np
 import torch
 
 import checkpoint
+import data_preprocessing
 import dataset
 import utils
 
 DRAWING_FORMATS = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
+# IAM-OnDB's median in-stroke step (17.9 raw units over the 10,379 training lines) in units of its
+# offset_std, geometric mean of x and y (41.3 and 36.5): a prime is scaled to this step length.
+MEDIAN_STEP_PER_STD = 0.46
+PAGE_RETRIES = 3  # a stalled page line is written again with the next seed, up to this many times
 
 
 # ----------------------------------------------------------------------------- the API
@@ -47,7 +62,7 @@ class Writing:
     lines: list                    # float arrays (T_b, 3): [end_of_stroke, dx, dy], y up
     seed: int
     texts: Optional[list] = None   # synthesis: the text of each line
-    phis: Optional[list] = None    # synthesis: (T_b - 1, U_b) window weights behind each point
+    phis: Optional[list] = None    # synthesis: (T_b - 1, U_b) window on the text behind points 1 ...
     capped: Optional[list] = None  # synthesis: True where a line hit the step cap, unfinished
 
     def save(self, path, label=False):
@@ -67,6 +82,185 @@ class Writing:
     def save_attention(self, path):
         """The window phi over each line's characters (synthesis)."""
         utils.plot_attention(self.phis, self.texts, path)
+
+
+# ----------------------------------------------------------------------------- primes
+
+class PrimeError(ValueError):
+    """A prime that cannot be used; the message names its file and what is wrong."""
+
+
+@dataclass
+class Prime:
+    """A line of handwriting whose style to write in (Graves section 5.5): what it says, and its
+    pen offsets in pen units: float (T, 3) rows [end_of_stroke, dx, dy], y up, row 0 the zero
+    offset (the line's first point). That is the format of Writing.lines, so a written line can
+    prime the next. Any scale: Writer.write rescales every prime (rescale_prime)."""
+    text: str
+    offsets: np.ndarray
+
+    @classmethod
+    def read(cls, path, text=None):
+        """A prime from an IAM-OnDB line XML, an InkML or a JSON file (by extension, then root element).
+
+        `text` (--prime_text) is what the strokes say; it wins over the file's own (InkML's
+        transcription annotation, JSON's "text"; IAM-OnDB's stroke files hold none). Raises
+        PrimeError, naming the file and what is wrong.
+        """
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise PrimeError(f"{path}: {e.strerror}") from None
+        strokes, file_text = (json_strokes if path.lower().endswith(".json") else xml_strokes)(data, path)
+        offsets = data_preprocessing.points_to_offsets(checked_strokes(strokes, path))
+        text = text if text is not None else file_text
+        if not text or not text.strip():
+            raise PrimeError(f"{path}: the file does not say what is written; pass its text (--prime_text)")
+        return cls(text.strip(), offsets.astype(np.float64))
+
+    @classmethod
+    def from_data(cls, line_id, data_dir="data"):
+        """A line of the processed data by its id (e.g. a01-003-01): validation.npz, then train.npz."""
+        for split in ("validation", "train"):
+            data = dataset.load_data(os.path.join(data_dir, f"{split}.npz"))
+            if line_id in data.line_ids:
+                i = data.line_ids.index(line_id)
+                offsets = data.offsets[i].astype(np.float64)
+                offsets[:, 1:] = offsets[:, 1:] * data.offset_std + data.offset_mean  # to pen units
+                return cls(data.texts[i], offsets)
+        example = data.line_ids[0] if data.line_ids else "a01-003-01"
+        raise PrimeError(f"--prime_line {line_id}: no line of that id in {data_dir}/validation.npz or "
+                         f"train.npz (ids look like {example})")
+
+
+def xml_strokes(data, path):
+    """Strokes ((n, 2) arrays, y down) and text (or None) of an IAM-OnDB line XML or an InkML file."""
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as e:
+        raise PrimeError(f"{path}: not well-formed XML ({e})") from None
+    kind = local_name(root.tag)
+    if kind == "ink":
+        return inkml_strokes(root, path)
+    if kind != "WhiteboardCaptureSession":
+        raise PrimeError(f"{path}: <{kind}> is neither an IAM-OnDB stroke file (<WhiteboardCaptureSession>) "
+                         "nor InkML (<ink>)")
+    try:
+        return [s[:, :2] for s in data_preprocessing.parse_stroke_xml(data)], None
+    except data_preprocessing.BadFile as e:
+        raise PrimeError(f"{path}: {e}") from None
+
+
+def local_name(tag):
+    """An XML tag without its namespace: '{http://www.w3.org/2003/InkML}trace' -> 'trace'."""
+    return tag.rsplit("}", 1)[-1]
+
+
+def inkml_strokes(root, path):
+    """Strokes and transcription of an InkML document (W3C Ink Markup Language).
+
+    Each <trace> is one stroke, "x y, x y, ...", y down; X and Y are found by name in the first
+    <traceFormat> (first and second by default), further channels (time, pressure) are ignored.
+    The text is the <ink>'s own <annotation type="transcription"> (or "truth", or "text").
+    """
+    x, y = inkml_xy_columns(root)
+    strokes = []
+    for number, trace in enumerate(e for e in root.iter() if local_name(e.tag) == "trace"):
+        points = [point.split() for point in (trace.text or "").split(",") if point.strip()]
+        try:
+            strokes.append(np.array([[float(p[x]), float(p[y])] for p in points]).reshape(-1, 2))
+        except (ValueError, IndexError):
+            raise PrimeError(f"{path}: <trace> {number + 1} holds a point that is not plain numbers \"x y\" "
+                             "(difference-encoded traces, with ' or \" before values, are not read)") from None
+    text = next((e.text for e in root if local_name(e.tag) == "annotation"
+                 and e.get("type") in ("transcription", "truth", "text")), None)
+    return strokes, text
+
+
+def inkml_xy_columns(root):
+    """Where X and Y are among the values of a trace's points."""
+    trace_format = next((e for e in root.iter() if local_name(e.tag) == "traceFormat"), [])
+    names = [channel.get("name") for channel in trace_format if local_name(channel.tag) == "channel"]
+    return (names.index("X"), names.index("Y")) if {"X", "Y"} <= set(names) else (0, 1)
+
+
+def json_strokes(data, path):
+    """Strokes and text of a JSON prime: {"text": "...", "strokes": [[[x, y], ...], ...]}, y down, any units."""
+    try:
+        document = json.loads(data)
+    except ValueError as e:  # bad JSON or bad UTF-8
+        raise PrimeError(f"{path}: not JSON ({e})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("strokes"), list):
+        raise PrimeError(f'{path}: expected {{"text": "...", "strokes": [[[x, y], ...], ...]}}')
+    strokes = []
+    for number, stroke in enumerate(document["strokes"]):
+        try:
+            points = np.array(stroke, dtype=np.float64)
+        except (TypeError, ValueError):
+            points = None
+        if points is None or points.ndim != 2 or points.shape[1] < 2:
+            raise PrimeError(f"{path}: stroke {number + 1} is not a list of [x, y] points")
+        strokes.append(points[:, :2])
+    text = document.get("text")
+    if text is not None and not isinstance(text, str):
+        raise PrimeError(f'{path}: "text" is not a string')
+    return strokes, text
+
+
+def checked_strokes(strokes, path):
+    """The strokes that have points; PrimeError if they cannot show a hand."""
+    strokes = [s for s in strokes if len(s)]
+    if not strokes:
+        raise PrimeError(f"{path}: holds no pen strokes")
+    if not all(np.isfinite(s).all() for s in strokes):
+        raise PrimeError(f"{path}: a coordinate is not a finite number")
+    if not any(np.any(np.diff(s, axis=0)) for s in strokes):
+        raise PrimeError(f"{path}: no stroke moves the pen (a prime needs strokes of two or more "
+                         "distinct points)")
+    return strokes
+
+
+def in_stroke_steps(offsets):
+    """Lengths of the steps the pen takes while down: the rows after a row that did not end a stroke."""
+    pen_down = np.zeros(len(offsets), dtype=bool)
+    pen_down[1:] = offsets[:-1, 0] < 0.5
+    return np.hypot(offsets[pen_down, 1], offsets[pen_down, 2])
+
+
+def rescale_prime(offsets, median_step):
+    """Offsets (pen units) scaled so that the median length of their in-stroke steps is median_step.
+
+    The network knows the data's pace, not its units: a prime in pixels or millimetres must
+    move like an IAM-OnDB line. Steps of length 0 (a resting pen) say nothing and are left out.
+    """
+    scaled = np.array(offsets, dtype=np.float64, copy=True)
+    steps = in_stroke_steps(scaled)
+    steps = steps[steps > 0]
+    if len(steps):
+        scaled[:, 1:] *= median_step / np.median(steps)
+    return scaled
+
+
+def joined_text(prime_text, text):
+    """What the window of a primed line reads: the prime's text, one space, the text to write."""
+    return f"{prime_text.rstrip()} {text}"
+
+
+def wrap_words(text, width):
+    """Break `text` into lines of at most `width` characters between words (greedily, one space
+    between words); a word longer than `width` gets a line of its own."""
+    lines = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines
+
+
+def fresh_seed():
+    return int.from_bytes(os.urandom(4), "little") >> 1
 
 
 class Writer:
@@ -103,12 +297,34 @@ class Writer:
         out[:, 1:] = out[:, 1:] * self.offset_std.astype(np.float64) + self.offset_mean.astype(np.float64)
         return out
 
+    def normalise(self, offsets):
+        """Pen units (n, 3) -> normalised offsets, the inverse of to_pen_units (a new array)."""
+        out = np.array(offsets, dtype=np.float64, copy=True)
+        out[:, 1:] = (out[:, 1:] - self.offset_mean.astype(np.float64)) / self.offset_std.astype(np.float64)
+        return out
+
+    @property
+    def median_step(self):
+        """The median in-stroke step of the training data in pen units, as the normalisation implies."""
+        return MEDIAN_STEP_PER_STD * float(np.sqrt(np.prod(self.offset_std.astype(np.float64))))
+
+    def prime_offsets(self, prime):
+        """A Prime's offsets as the network reads them: rescaled to the data's pace, normalised, and
+        ending with the pen lifted, as every line of the data does. A written line may stop in
+        mid-stroke (Graves' rule does not wait for the pen), and a line primed by it would first
+        finish that stroke, a scribble before its first word."""
+        offsets = self.normalise(rescale_prime(prime.offsets, self.median_step))
+        offsets[-1, 0] = 1.0
+        return torch.from_numpy(offsets)
+
+    def as_written(self, text):
+        """`text` with each character outside the alphabet replaced, as the network reads it."""
+        return dataset.decode_text(dataset.encode_text(text, self.alphabet), self.alphabet)
+
     def encode(self, texts):
         """Texts -> padded codes (B, U) and mask (B, U); warns about characters outside the alphabet."""
         codes = []
         for text in texts:
-            if not text.strip():
-                raise ValueError("cannot write an empty (or whitespace-only) text")
             unknown = dataset.unknown_characters(text, self.alphabet)
             if unknown:
                 warnings.warn(f"characters not in the model's alphabet, written as "
@@ -116,26 +332,88 @@ class Writer:
             codes.append(dataset.encode_text(text, self.alphabet))
         return dataset.pad(codes, np.int64)
 
-    def write(self, texts, bias=0.0, seed=None, max_points_per_char=40):
+    def write(self, texts, bias=0.0, seed=None, max_points_per_char=40, prime=None):
         """Write each text as one line (synthesis), all as one batch; returns a Writing in pen units.
 
         bias is Graves' sampling bias (section 5.2): 0 samples the model as trained, larger writes
         more neatly. The same seed gives the same strokes; None draws a fresh one (Writing.seed).
+        prime, a Prime (or a list, one per text), is the hand to write in (section 5.5): the
+        network first reads its strokes, its window on the prime's text, then writes on.
+        """
+        writing = self._write(texts, bias, seed, max_points_per_char, prime)
+        for b, line_capped in enumerate(writing.capped):
+            if line_capped:
+                warnings.warn(f"line {b} ({writing.texts[b]!r}) hit the step cap of {max_points_per_char} points "
+                              f"per character before its window reached the end of the text; "
+                              f"it may be unfinished (raise --max_points_per_char or try another seed)")
+        return writing
+
+    def _write(self, texts, bias, seed, max_points_per_char, prime):
+        """write() without its warning about capped lines.
+
+        A primed line's window reads joined_text(prime.text, text): it walks over the prime's text
+        while the network reads the prime's strokes, then on over the space into the new text, and
+        the line ends by Graves' rule at the end of the whole. Only the new points are returned.
         """
         if self.task != "synthesis":
             raise ValueError(f"{self.path} holds a {self.task} model: it writes no text (use sample)")
         texts = [texts] if isinstance(texts, str) else list(texts)
-        text, text_mask = self.encode(texts)
+        if any(not text.strip() for text in texts):
+            raise ValueError("cannot write an empty (or whitespace-only) text")
+        primes = [prime] * len(texts) if isinstance(prime, Prime) else prime
+        read = texts if primes is None else [joined_text(p.text, t)
+                                             for p, t in zip(primes, texts, strict=True)]
+        prime_chars = [len(r) - len(t) for r, t in zip(read, texts)]
+        text, text_mask = self.encode(read)
         seed, generator = self._generator(seed)
-        offsets, phis, capped = self.model.generate(self.start_row(len(texts)), text=text, text_mask=text_mask,
-                                                    bias=bias, generator=generator,
-                                                    max_points_per_char=max_points_per_char)
-        for b, line_capped in enumerate(capped):
-            if line_capped:
-                warnings.warn(f"line {b} ({texts[b]!r}) hit the step cap of {max_points_per_char} points "
-                              f"per character before its window reached the end of the text; "
-                              f"it may be unfinished (raise --max_points_per_char or try another seed)")
-        return Writing([self.to_pen_units(o) for o in offsets], seed, texts, phis, capped)
+        if primes is None:
+            start, prime_offsets = self.start_row(len(texts)), None
+        else:
+            start, prime_offsets = None, [self.prime_offsets(p) for p in primes]
+        offsets, phis, capped = self.model.generate(start, text=text, text_mask=text_mask, bias=bias,
+                                                    generator=generator, max_points_per_char=max_points_per_char,
+                                                    prime=prime_offsets, prime_chars=prime_chars)
+        lines = [self.to_pen_units(o) for o in offsets]
+        if primes is not None:
+            # Row 0 is the prime's last point. A primed line starts at its first new point, the
+            # origin, as every line of the data does: the pen's jump from the prime is left out.
+            lines = [line[1:] for line in lines]
+            for line in lines:
+                if len(line):
+                    line[0, 1:] = 0
+            phis = [phi[1:, chars:] for phi, chars in zip(phis, prime_chars)]  # over the line's own text
+        return Writing(lines, seed, texts, phis, capped)
+
+    def write_page(self, lines, bias=0.0, seed=None, max_points_per_char=40, prime=None, retries=PAGE_RETRIES):
+        """Write the lines of a page one after another, in one hand (wrap_words makes the lines).
+
+        Each line is primed by `prime`, or, without one, by the last line of the page written to
+        its end (the first line is then unprimed): a line passes on its style, a stalled one its
+        scribble. No word may be dropped: a line whose window never reached the end of its text
+        (capped) is written again with the next seed, up to `retries` times; one that still
+        stalls is kept, marked in Writing.capped, with a warning. Each attempt takes the next
+        seed, from `seed` (Writing.seed) on, so the same seed gives the same page.
+        """
+        lines = [lines] if isinstance(lines, str) else list(lines)
+        first_seed = seed = fresh_seed() if seed is None else seed
+        written, previous = [], None
+        for number, text in enumerate(lines):
+            style = prime if prime is not None else previous
+            for _ in range(retries + 1):
+                attempt = self._write([text], bias, seed, max_points_per_char, style)
+                seed += 1
+                if not attempt.capped[0]:
+                    break
+            else:
+                warnings.warn(f"page line {number} ({text!r}) stalled: its window did not reach the end of the "
+                              f"text within {max_points_per_char} points per character, with seeds "
+                              f"{seed - retries - 1} to {seed - 1}; kept the last, which may miss words "
+                              f"(raise --max_points_per_char or try another seed)")
+            written.append(attempt)
+            if not attempt.capped[0]:
+                previous = Prime(self.as_written(text), attempt.lines[0])
+        return Writing([w.lines[0] for w in written], first_seed, lines, [w.phis[0] for w in written],
+                       [w.capped[0] for w in written])
 
     def sample(self, num_lines=4, length=700, bias=0.0, seed=None):
         """num_lines lines of `length` points each from an unconditional (rand_write) model."""
@@ -148,7 +426,7 @@ class Writer:
 
     def _generator(self, seed):
         # no seed: a fresh one, kept in the Writing so that a good sample can be drawn again
-        seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
+        seed = seed if seed is not None else fresh_seed()
         device = self.model.output_layer.weight.device
         return seed, torch.Generator(device=device).manual_seed(seed)
 
@@ -162,6 +440,18 @@ def parse_args(argv=None):
     p.add_argument("--model_dir", default="save")
     p.add_argument("--text", action="append", help="text to write (synthesis); repeat for several lines")
     p.add_argument("--text_file", help="UTF-8 file with one text per line (synthesis)")
+    p.add_argument("--width", type=int, metavar="N",
+                   help="write a page: word-wrap the texts, joined, into lines of at most N characters, "
+                        "each primed by the last (or all by --prime), and written again if it stalls")
+    p.add_argument("--prime", metavar="FILE",
+                   help="write in the hand of this line (section 5.5): an IAM-OnDB line XML "
+                        "(lineStrokes/...xml, with --prime_text), InkML or JSON "
+                        '{"text": ..., "strokes": [[[x, y], ...], ...]} (y down)')
+    p.add_argument("--prime_text", help="what --prime says (wins over the text the file holds)")
+    p.add_argument("--prime_line", metavar="LINE_ID",
+                   help="prime with a line of the processed data, e.g. a01-003-01 (DATA_DIR/validation.npz "
+                        "or train.npz)")
+    p.add_argument("--data_dir", default="data", help="where --prime_line looks")
     p.add_argument("--num_samples", type=int, default=4, help="lines to draw (rand_write)")
     p.add_argument("--length", type=int, default=700, help="points per line (rand_write)")
     p.add_argument("--bias", type=float, default=0.0,
@@ -180,10 +470,19 @@ def parse_args(argv=None):
     p.add_argument("--label", action="store_true", help="write each line's text above it (PNG)")
     args = p.parse_args(argv)
 
+    synthesis_only = [args.text, args.text_file, args.attention_out, args.width, args.prime, args.prime_line]
     if args.task == "synthesis":
         args.texts = read_texts(p, args)
-    elif args.text or args.text_file or args.attention_out:
-        p.error("--text, --text_file and --attention_out are for --task synthesis")
+    elif any(option is not None for option in synthesis_only):
+        p.error("--text, --text_file, --attention_out, --width, --prime and --prime_line are for --task synthesis")
+    if args.prime and args.prime_line:
+        p.error("--prime and --prime_line both name a prime: give one")
+    if args.prime_text is not None and not args.prime:
+        p.error("--prime_text says what the --prime file says: give --prime FILE")
+    if args.width is not None:
+        if args.width < 1:
+            p.error("--width must be >= 1 (characters per line)")
+        args.texts = wrap_words(" ".join(args.texts), args.width)
     if args.task == "rand_write" and (args.num_samples < 1 or args.length < 2):
         p.error("--num_samples must be >= 1 and --length >= 2")
     if not (math.isfinite(args.bias) and args.bias >= 0):
@@ -221,10 +520,23 @@ def read_texts(p, args):
     return texts
 
 
+def read_prime(args):
+    """The prime that --prime or --prime_line names, or None; a bad one stops with one line."""
+    try:
+        if args.prime:
+            return Prime.read(args.prime, args.prime_text)
+        if args.prime_line:
+            return Prime.from_data(args.prime_line, args.data_dir)
+    except (PrimeError, FileNotFoundError) as e:
+        raise SystemExit(str(e))
+    return None
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    prime = read_prime(args)
     try:
         writer = Writer.load(args.checkpoint, args.device)
     except (FileNotFoundError, checkpoint.CheckpointError) as e:
@@ -233,12 +545,18 @@ def main(argv=None):
         raise SystemExit(f"{args.checkpoint} holds a {writer.task} model, not {args.task}")
 
     started = time.time()
-    if args.task == "synthesis":
-        writing = writer.write(args.texts, args.bias, args.seed, args.max_points_per_char)
+    if args.width:
+        writing = writer.write_page(args.texts, args.bias, args.seed, args.max_points_per_char, prime)
+    elif args.task == "synthesis":
+        writing = writer.write(args.texts, args.bias, args.seed, args.max_points_per_char, prime)
     else:
         writing = writer.sample(args.num_samples, args.length, args.bias, args.seed)
     print(f"{len(writing.lines)} line(s), {sum(len(l) for l in writing.lines)} points in "
           f"{time.time() - started:.2f} s (seed {writing.seed}, bias {args.bias}, {args.checkpoint})")
+    if args.width:
+        stalled = [i for i, capped in enumerate(writing.capped) if capped]
+        print(f"page line(s) {stalled} stalled: words may be missing" if stalled
+              else "every line of the page was written to its end")
 
     writing.save(args.out, label=args.label)
     print(f"wrote {args.out}")

@@ -17,8 +17,9 @@ see only values the loop has already produced, so they run afterwards as one fus
 matrix product over the whole sequence. That recurrence has a hand-written backward pass
 (WindowedLSTM); reference_recurrence beside it is the same maths written plainly, for the tests.
 
-The model owns its sampling: generate() writes a batch of lines point by point (generate.Writer
-adds the alphabet and the normalisation that a checkpoint carries).
+The model owns its sampling: generate() writes a batch of lines point by point, after reading a
+line of handwriting to write on from if given one (a prime; generate.Writer adds the alphabet and
+the normalisation that a checkpoint carries).
 """
 import functools
 import math
@@ -256,7 +257,7 @@ class HandwritingModel(nn.Module):
 
     @torch.inference_mode()
     def generate(self, start, length=None, text=None, text_mask=None, bias=0.0, generator=None,
-                 max_points_per_char=40):
+                 max_points_per_char=40, prime=None, prime_chars=None):
         """Sample pen offsets point by point, all lines as one batch (Graves sections 4 and 5).
 
         start (B, 3): each line's first input row in normalised units (training lines all start
@@ -265,24 +266,38 @@ class HandwritingModel(nn.Module):
         ends by Graves' rule (`finished`), or after max_points_per_char * (characters + 1) points,
         when it is `capped`. A finished line stops changing while the others go on.
 
+        Priming (synthesis, section 5.5): prime, in place of start, holds for each line b the
+        normalised offsets (T_b, 3) of a line of handwriting whose text is the first
+        prime_chars[b] characters of text[b]. The network reads all rows but the last
+        teacher-forced, in one forward call from the initial state; the last row then plays
+        start's part, so the state (h, c, kappa, window) carries on into sampling the rest of the
+        text. The step cap counts only the characters after the prime's.
+
         Returns (offsets, phis, capped): offsets[b] float32 (T_b + 1, 3), normalised, starting
-        with start[b]; phis[b] (T_b, U_b), the window that produced each point (synthesis; else
-        None); capped[b] bool.
+        with the line's first input row (start[b], or the last row of its prime); phis[b]
+        (T_b, U_b), the window that produced each point (synthesis; else None); capped[b] bool.
         """
         synthesis = self.config.task == "synthesis"
         if synthesis and text is None:
             raise ValueError("a synthesis model writes a text: pass text and text_mask")
         if not synthesis and length is None:
             raise ValueError("a rand_write model needs a length (points per line)")
-        B, device = start.shape[0], self.output_layer.weight.device
+        if prime is not None and not synthesis:
+            raise ValueError("only a synthesis model is primed: its window reads the prime's text")
+        B = start.shape[0] if prime is None else len(prime)
+        device, dtype = self.output_layer.weight.device, self.output_layer.weight.dtype
         if synthesis:
             text, text_mask = text.to(device), text_mask.to(device)
             lengths = text_mask.sum(1).long()
-            caps = max_points_per_char * (lengths + 1)
+            chars_to_write = lengths if prime is None else lengths - torch.as_tensor(prime_chars, device=device)
+            caps = max_points_per_char * (chars_to_write + 1)
         else:
             caps = torch.full((B,), length - 1, device=device)
-        x = start.to(device, self.output_layer.weight.dtype).reshape(B, 1, 3)
-        state = self.initial_state(B, device)
+        if prime is None:
+            x, state = start.to(device, dtype).reshape(B, 1, 3), self.initial_state(B, device)
+        else:
+            prime = [torch.as_tensor(p).to(device, dtype) for p in prime]
+            x, state = torch.stack([p[-1:] for p in prime]), self._read_primes(prime, text, text_mask)
         points, phis = [x[:, 0]], []
         steps = torch.zeros(B, dtype=torch.int64, device=device)  # points generated per line
         done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -310,6 +325,20 @@ class HandwritingModel(nn.Module):
             return lines, None, [False] * B
         phis = torch.stack(phis, dim=1).float().cpu().numpy()
         return lines, [phis[b, :steps[b], :lengths[b]] for b in range(B)], capped.tolist()
+
+    def _read_primes(self, primes, text, text_mask):
+        """The state after each line has read all rows but the last of its prime, as one batch.
+
+        Each prime goes through forward() in one call from the initial state, line by line since
+        primes differ in length (a padded text reads as the text itself: padding has phi = 0).
+        """
+        states = []
+        for b, prime in enumerate(primes):
+            state = self.initial_state(1, prime.device)
+            if len(prime) > 1:
+                _, state, _ = self(prime[None, :-1], text[b:b + 1], text_mask[b:b + 1], state=state)
+            states.append(state)
+        return State(*(torch.cat(parts) for parts in zip(*states)))
 
     def phi_after_text(self, h1, kappa_prev, lengths):
         """phi(t, U_b) for each line b: the window's weight on the position just past its text."""
