@@ -3,6 +3,7 @@
     python data_preprocessing.py                        # reads data/, writes data/
     python data_preprocessing.py --data_dir ../shared/iam-ondb --out_dir data
     python data_preprocessing.py --strokes strokes.npy --sentences sentences.txt
+    python data_preprocessing.py --ink_dir my_lines --like save/synthesis.pt --out_dir data/mine  # your own hand
 
 Inputs (in --data_dir): lineStrokes-all.tar.gz and ascii-all.tar.gz (read straight from the
 archives, or from the extracted lineStrokes/ and ascii/ folders) and the task split files
@@ -41,6 +42,7 @@ What comes out (format in dataset.HandwritingData): one line of handwriting = fl
   validation = testset_v. "official": training = trainset, validation = testset_v.
 """
 import argparse
+import json
 import os
 import pickle
 import re
@@ -84,26 +86,37 @@ class BadFile(ValueError):
 # ----------------------------------------------------------------------------- entry point
 
 def preprocess(data_dir="data", out_dir="data", split="graves", strokes=None, sentences=None,
-               validation_fraction=0.05, verbose=True):
+               validation_fraction=0.05, verbose=True, ink_dir=None, like=None):
     """Read the raw data in `data_dir`, write train.npz and validation.npz to `out_dir`.
 
+    With ink_dir, the lines are your own (read_ink_dir), normalised like the checkpoint `like`.
     Returns a summary dict (counts, drop reasons, statistics). Raises PreprocessingError,
     leaving any existing outputs untouched and no partial files, when it cannot finish.
     """
     start = time.perf_counter()
-    if strokes is None and sentences is None:
+    normalisation = None
+    if ink_dir is not None:
+        if like is None:
+            raise PreprocessingError("--ink_dir needs --like CHECKPOINT: the model whose alphabet and "
+                                     "normalisation the lines are made for (e.g. save/synthesis.pt)")
+        inputs = {"ink_dir": ink_dir, "names": ink_files(ink_dir)}
+        normalisation = checkpoint_normalisation(like)
+    elif strokes is None and sentences is None:
         inputs = find_inputs(data_dir)
     else:
         if strokes is None or sentences is None:
             raise PreprocessingError("--strokes and --sentences must be given together.")
         inputs = {"strokes_npy": strokes, "sentences": sentences}
-    if "strokes_npy" in inputs:
+    if "ink_dir" in inputs:
+        lines, summary = read_ink_dir(ink_dir, inputs["names"], normalisation[2], validation_fraction)
+    elif "strokes_npy" in inputs:
         lines, summary = read_strokes_npy(inputs["strokes_npy"], inputs["sentences"], validation_fraction)
     else:
         lines, summary = read_iam(inputs, split)
-    summary["split"] = split if "strokes_npy" not in inputs else f"last {validation_fraction:.0%} as validation"
+    own_split = "ink_dir" in inputs or "strokes_npy" in inputs  # no split files: the last lines validate
+    summary["split"] = f"last {validation_fraction:.0%} as validation" if own_split else split
 
-    train, validation = build_splits(lines, summary)
+    train, validation = build_splits(lines, summary, normalisation)
     summary["seconds_before_saving"] = time.perf_counter() - start
     # Both outputs appear together or not at all: each is written to a temporary file and the
     # two are renamed only after both writes succeeded.
@@ -630,6 +643,197 @@ def read_strokes_npy(strokes_path, sentences_path, validation_fraction=0.05):
     return lines, summary
 
 
+# ----------------------------------------------------------------------------- one line of ink (your own)
+#
+# A line written elsewhere (draw.html's JSON, a tablet's InkML, an IAM-OnDB stroke file) for style
+# priming (generate.py --prime) or for fine-tuning (--ink_dir). Its units are anyone's: it is
+# rescaled so that its pen moves at IAM-OnDB's pace.
+
+# IAM-OnDB's median in-stroke step (17.9 raw units over the 10,379 training lines) in units of its
+# offset_std, geometric mean of x and y (41.3 and 36.5): a prime is scaled to this step length.
+MEDIAN_STEP_PER_STD = 0.46
+
+
+def xml_strokes(data, path):
+    """Strokes ((n, 2) arrays, y down) and text (or None) of an IAM-OnDB line XML or an InkML file."""
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as e:
+        raise BadFile(f"{path}: not well-formed XML ({e})") from None
+    kind = local_name(root.tag)
+    if kind == "ink":
+        return inkml_strokes(root, path)
+    if kind != "WhiteboardCaptureSession":
+        raise BadFile(f"{path}: <{kind}> is neither an IAM-OnDB stroke file (<WhiteboardCaptureSession>) "
+                         "nor InkML (<ink>)")
+    try:
+        return [s[:, :2] for s in parse_stroke_xml(data)], None
+    except BadFile as e:
+        raise BadFile(f"{path}: {e}") from None
+
+
+def local_name(tag):
+    """An XML tag without its namespace: '{http://www.w3.org/2003/InkML}trace' -> 'trace'."""
+    return tag.rsplit("}", 1)[-1]
+
+
+def inkml_strokes(root, path):
+    """Strokes and transcription of an InkML document (W3C Ink Markup Language).
+
+    Each <trace> is one stroke, "x y, x y, ...", y down; X and Y are found by name in the first
+    <traceFormat> (first and second by default), further channels (time, pressure) are ignored.
+    The text is the <ink>'s own <annotation type="transcription"> (or "truth", or "text").
+    """
+    x, y = inkml_xy_columns(root)
+    strokes = []
+    for number, trace in enumerate(e for e in root.iter() if local_name(e.tag) == "trace"):
+        points = [point.split() for point in (trace.text or "").split(",") if point.strip()]
+        try:
+            strokes.append(np.array([[float(p[x]), float(p[y])] for p in points]).reshape(-1, 2))
+        except (ValueError, IndexError):
+            raise BadFile(f"{path}: <trace> {number + 1} holds a point that is not plain numbers \"x y\" "
+                             "(difference-encoded traces, with ' or \" before values, are not read)") from None
+    text = next((e.text for e in root if local_name(e.tag) == "annotation"
+                 and e.get("type") in ("transcription", "truth", "text")), None)
+    return strokes, text
+
+
+def inkml_xy_columns(root):
+    """Where X and Y are among the values of a trace's points."""
+    trace_format = next((e for e in root.iter() if local_name(e.tag) == "traceFormat"), [])
+    names = [channel.get("name") for channel in trace_format if local_name(channel.tag) == "channel"]
+    return (names.index("X"), names.index("Y")) if {"X", "Y"} <= set(names) else (0, 1)
+
+
+def json_strokes(data, path):
+    """Strokes and text of a JSON prime: {"text": "...", "strokes": [[[x, y], ...], ...]}, y down, any units."""
+    try:
+        document = json.loads(data)
+    except ValueError as e:  # bad JSON or bad UTF-8
+        raise BadFile(f"{path}: not JSON ({e})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("strokes"), list):
+        raise BadFile(f'{path}: expected {{"text": "...", "strokes": [[[x, y], ...], ...]}}')
+    strokes = []
+    for number, stroke in enumerate(document["strokes"]):
+        try:
+            points = np.array(stroke, dtype=np.float64)
+        except (TypeError, ValueError):
+            points = None
+        if points is None or points.ndim != 2 or points.shape[1] < 2:
+            raise BadFile(f"{path}: stroke {number + 1} is not a list of [x, y] points")
+        strokes.append(points[:, :2])
+    text = document.get("text")
+    if text is not None and not isinstance(text, str):
+        raise BadFile(f'{path}: "text" is not a string')
+    return strokes, text
+
+
+def checked_strokes(strokes, path):
+    """The strokes that have points; BadFile if they cannot show a hand."""
+    strokes = [s for s in strokes if len(s)]
+    if not strokes:
+        raise BadFile(f"{path}: holds no pen strokes")
+    if not all(np.isfinite(s).all() for s in strokes):
+        raise BadFile(f"{path}: a coordinate is not a finite number")
+    if not any(np.any(np.diff(s, axis=0)) for s in strokes):
+        raise BadFile(f"{path}: no stroke moves the pen (a prime needs strokes of two or more "
+                         "distinct points)")
+    return strokes
+
+
+def read_ink_file(path):
+    """One line of ink from an IAM-OnDB line XML, an InkML or a JSON file (by extension, then root
+    element): (offsets (T, 3) float64 in the file's units, y up; its text or None). BadFile, naming
+    the file and what is wrong, when it cannot be used."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise BadFile(f"{path}: {e.strerror}") from None
+    strokes, text = (json_strokes if os.fspath(path).lower().endswith(".json") else xml_strokes)(data, path)
+    return points_to_offsets(checked_strokes(strokes, path)).astype(np.float64), text
+
+
+def in_stroke_steps(offsets):
+    """Lengths of the steps the pen takes while down: the rows after a row that did not end a stroke."""
+    pen_down = np.zeros(len(offsets), dtype=bool)
+    pen_down[1:] = offsets[:-1, 0] < 0.5
+    return np.hypot(offsets[pen_down, 1], offsets[pen_down, 2])
+
+
+def median_step(offset_std):
+    """The median in-stroke step, in pen units, of data normalised with offset_std (IAM-OnDB's pace)."""
+    return MEDIAN_STEP_PER_STD * float(np.sqrt(np.prod(np.asarray(offset_std, dtype=np.float64))))
+
+
+def rescale_to_pace(offsets, median_step):
+    """Offsets (pen units) scaled so that the median length of their in-stroke steps is median_step.
+
+    The network knows the data's pace, not its units: a prime in pixels or millimetres must
+    move like an IAM-OnDB line. Steps of length 0 (a resting pen) say nothing and are left out.
+    """
+    scaled = np.array(offsets, dtype=np.float64, copy=True)
+    steps = in_stroke_steps(scaled)
+    steps = steps[steps > 0]
+    if len(steps):
+        scaled[:, 1:] *= median_step / np.median(steps)
+    return scaled
+
+
+def ink_files(folder):
+    """The .json, .inkml and .xml files in `folder`, by name; at least two (one line to validate on)."""
+    if not os.path.isdir(folder):
+        raise PreprocessingError(f"--ink_dir {folder} is not a folder")
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith((".json", ".inkml", ".xml")))
+    if len(names) < 2:
+        raise PreprocessingError(f"--ink_dir {folder}: {len(names)} .json, .inkml or .xml file(s); at least "
+                                 "two lines are needed, one to train on and one to validate on (draw.html writes them)")
+    return names
+
+
+def read_ink_dir(folder, names, offset_std, validation_fraction=0.05):
+    """Your own lines for fine-tuning: the files `names` in `folder`, one line each with its text
+    (JSON's "text", InkML's transcription, or for IAM-OnDB XML a .txt file of the same name). Each is
+    rescaled to the pace of data normalised with offset_std and ends with the pen lifted. The last
+    validation_fraction of the files (at least one) is validation."""
+    n_validation = max(1, int(round(len(names) * validation_fraction)))
+    summary, lines, pace = new_summary(), [], median_step(offset_std)
+    for i, name in enumerate(names):
+        which = "train" if i < len(names) - n_validation else "validation"
+        path = os.path.join(folder, name)
+        try:
+            offsets, text = read_ink_file(path)
+            if text is None and os.path.exists(os.path.splitext(path)[0] + ".txt"):
+                with open(os.path.splitext(path)[0] + ".txt", encoding="utf-8") as f:
+                    text = f.read().strip()
+        except (BadFile, OSError, UnicodeDecodeError) as e:
+            drop(summary, "unreadable file", which)
+            warn(summary, f"{e}; skipped")
+            continue
+        offsets = rescale_to_pace(offsets, pace)
+        offsets[-1, 0] = 1.0  # every line of the data ends with the pen lifted
+        reason = check_line(offsets, text or "")
+        if reason:
+            drop(summary, reason, which)
+            warn(summary, f"{path}: {reason}; skipped")
+            continue
+        lines.append({"line_id": os.path.splitext(name)[0], "split": which,
+                      "offsets": offsets.astype(np.float32), "text": text.strip()})
+    return lines, summary
+
+
+def checkpoint_normalisation(path):
+    """(alphabet, offset_mean, offset_std) of a checkpoint: what a fine-tuning split must use."""
+    import checkpoint  # torch is needed only here
+
+    try:
+        saved = checkpoint.load(path)
+    except (FileNotFoundError, checkpoint.CheckpointError) as e:
+        raise PreprocessingError(f"--like: {e}") from None
+    return (saved["alphabet"], np.asarray(saved["offset_mean"], dtype=np.float64),
+            np.asarray(saved["offset_std"], dtype=np.float64))
+
+
 # ----------------------------------------------------------------------------- output
 
 def offset_stats(offsets):
@@ -644,14 +848,19 @@ def normalise(offsets, mean, std):
     return out
 
 
-def build_splits(lines, summary):
-    """Raw lines -> (train, validation) HandwritingData, normalised with training statistics."""
+def build_splits(lines, summary, normalisation=None):
+    """Raw lines -> (train, validation) HandwritingData, normalised with training statistics, or
+    with normalisation = (alphabet, mean, std) when given (a checkpoint's, for fine-tuning)."""
     by_split = {"train": [l for l in lines if l["split"] == "train"],
                 "validation": [l for l in lines if l["split"] == "validation"]}
     if not by_split["train"]:
         raise PreprocessingError("No usable training line was found; nothing written. " + (
             "Problems: " + "; ".join(summary["warnings"][:5]) if summary["warnings"] else ""))
-    mean, std = offset_stats([l["offsets"] for l in by_split["train"]])
+    if normalisation is None:
+        alphabet = dataset.ALPHABET
+        mean, std = offset_stats([l["offsets"] for l in by_split["train"]])
+    else:
+        alphabet, mean, std = normalisation
     summary["offset_mean"], summary["offset_std"] = mean, std
     characters, unknown = Counter(), Counter()
     result = []
@@ -659,13 +868,13 @@ def build_splits(lines, summary):
         group = by_split[which]
         for line in group:
             characters.update(line["text"])
-            unknown.update(ch for ch in line["text"] if ch not in dataset.ALPHABET)
+            unknown.update(ch for ch in line["text"] if ch not in alphabet)
         result.append(dataset.HandwritingData(
             offsets=[normalise(l["offsets"], mean, std) for l in group],
-            text_codes=[dataset.encode_text(l["text"]) for l in group],
+            text_codes=[dataset.encode_text(l["text"], alphabet) for l in group],
             texts=[l["text"] for l in group],
             line_ids=[l["line_id"] for l in group],
-            alphabet=dataset.ALPHABET,
+            alphabet=alphabet,
             offset_mean=mean.astype(np.float32),
             offset_std=std.astype(np.float32)))
         lengths = np.array([len(l["offsets"]) for l in group])
@@ -737,11 +946,16 @@ def main(argv=None):
     parser.add_argument("--strokes", help="pre-processed strokes.npy to use instead of IAM-OnDB")
     parser.add_argument("--sentences", help="the sentences.txt that goes with --strokes")
     parser.add_argument("--validation_fraction", type=float, default=0.05,
-                        help="with strokes.npy: the last this fraction of lines is validation")
+                        help="with strokes.npy or --ink_dir: the last this fraction of lines is validation")
+    parser.add_argument("--ink_dir", help="a folder of your own lines (draw.html's .json, .inkml, IAM-OnDB "
+                                          ".xml) to fine-tune on, instead of IAM-OnDB")
+    parser.add_argument("--like", metavar="CHECKPOINT",
+                        help="with --ink_dir: the model to fine-tune, whose alphabet and normalisation "
+                             "the split is made with (e.g. save/synthesis.pt)")
     args = parser.parse_args(argv)
     try:
         preprocess(args.data_dir, args.out_dir, args.split, args.strokes, args.sentences,
-                   args.validation_fraction)
+                   args.validation_fraction, ink_dir=args.ink_dir, like=args.like)
     except PreprocessingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -30,12 +30,10 @@ one below the other in one style (Writer.write_page).
     python generate.py --text_file paragraph.txt --width 40 --bias 1 --out samples/page.png
 """
 import argparse
-import json
 import math
 import os
 import time
 import warnings
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Optional
 
@@ -48,9 +46,6 @@ import dataset
 import utils
 
 DRAWING_FORMATS = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
-# IAM-OnDB's median in-stroke step (17.9 raw units over the 10,379 training lines) in units of its
-# offset_std, geometric mean of x and y (41.3 and 36.5): a prime is scaled to this step length.
-MEDIAN_STEP_PER_STD = 0.46
 PAGE_RETRIES = 3  # a stalled page line is written again with the next seed, up to this many times
 
 
@@ -95,7 +90,7 @@ class Prime:
     """A line of handwriting whose style to write in (Graves section 5.5): what it says, and its
     pen offsets in pen units: float (T, 3) rows [end_of_stroke, dx, dy], y up, row 0 the zero
     offset (the line's first point). That is the format of Writing.lines, so a written line can
-    prime the next. Any scale: Writer.write rescales every prime (rescale_prime)."""
+    prime the next. Any scale: Writer.write rescales every prime (data_preprocessing.rescale_to_pace)."""
     text: str
     offsets: np.ndarray
 
@@ -108,12 +103,9 @@ class Prime:
         PrimeError, naming the file and what is wrong.
         """
         try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise PrimeError(f"{path}: {e.strerror}") from None
-        strokes, file_text = (json_strokes if path.lower().endswith(".json") else xml_strokes)(data, path)
-        offsets = data_preprocessing.points_to_offsets(checked_strokes(strokes, path))
+            offsets, file_text = data_preprocessing.read_ink_file(path)
+        except data_preprocessing.BadFile as e:
+            raise PrimeError(str(e)) from None
         text = text if text is not None else file_text
         if not text or not text.strip():
             raise PrimeError(f"{path}: the file does not say what is written; pass its text (--prime_text)")
@@ -132,114 +124,6 @@ class Prime:
         example = data.line_ids[0] if data.line_ids else "a01-003-01"
         raise PrimeError(f"--prime_line {line_id}: no line of that id in {data_dir}/validation.npz or "
                          f"train.npz (ids look like {example})")
-
-
-def xml_strokes(data, path):
-    """Strokes ((n, 2) arrays, y down) and text (or None) of an IAM-OnDB line XML or an InkML file."""
-    try:
-        root = ET.fromstring(data)
-    except ET.ParseError as e:
-        raise PrimeError(f"{path}: not well-formed XML ({e})") from None
-    kind = local_name(root.tag)
-    if kind == "ink":
-        return inkml_strokes(root, path)
-    if kind != "WhiteboardCaptureSession":
-        raise PrimeError(f"{path}: <{kind}> is neither an IAM-OnDB stroke file (<WhiteboardCaptureSession>) "
-                         "nor InkML (<ink>)")
-    try:
-        return [s[:, :2] for s in data_preprocessing.parse_stroke_xml(data)], None
-    except data_preprocessing.BadFile as e:
-        raise PrimeError(f"{path}: {e}") from None
-
-
-def local_name(tag):
-    """An XML tag without its namespace: '{http://www.w3.org/2003/InkML}trace' -> 'trace'."""
-    return tag.rsplit("}", 1)[-1]
-
-
-def inkml_strokes(root, path):
-    """Strokes and transcription of an InkML document (W3C Ink Markup Language).
-
-    Each <trace> is one stroke, "x y, x y, ...", y down; X and Y are found by name in the first
-    <traceFormat> (first and second by default), further channels (time, pressure) are ignored.
-    The text is the <ink>'s own <annotation type="transcription"> (or "truth", or "text").
-    """
-    x, y = inkml_xy_columns(root)
-    strokes = []
-    for number, trace in enumerate(e for e in root.iter() if local_name(e.tag) == "trace"):
-        points = [point.split() for point in (trace.text or "").split(",") if point.strip()]
-        try:
-            strokes.append(np.array([[float(p[x]), float(p[y])] for p in points]).reshape(-1, 2))
-        except (ValueError, IndexError):
-            raise PrimeError(f"{path}: <trace> {number + 1} holds a point that is not plain numbers \"x y\" "
-                             "(difference-encoded traces, with ' or \" before values, are not read)") from None
-    text = next((e.text for e in root if local_name(e.tag) == "annotation"
-                 and e.get("type") in ("transcription", "truth", "text")), None)
-    return strokes, text
-
-
-def inkml_xy_columns(root):
-    """Where X and Y are among the values of a trace's points."""
-    trace_format = next((e for e in root.iter() if local_name(e.tag) == "traceFormat"), [])
-    names = [channel.get("name") for channel in trace_format if local_name(channel.tag) == "channel"]
-    return (names.index("X"), names.index("Y")) if {"X", "Y"} <= set(names) else (0, 1)
-
-
-def json_strokes(data, path):
-    """Strokes and text of a JSON prime: {"text": "...", "strokes": [[[x, y], ...], ...]}, y down, any units."""
-    try:
-        document = json.loads(data)
-    except ValueError as e:  # bad JSON or bad UTF-8
-        raise PrimeError(f"{path}: not JSON ({e})") from None
-    if not isinstance(document, dict) or not isinstance(document.get("strokes"), list):
-        raise PrimeError(f'{path}: expected {{"text": "...", "strokes": [[[x, y], ...], ...]}}')
-    strokes = []
-    for number, stroke in enumerate(document["strokes"]):
-        try:
-            points = np.array(stroke, dtype=np.float64)
-        except (TypeError, ValueError):
-            points = None
-        if points is None or points.ndim != 2 or points.shape[1] < 2:
-            raise PrimeError(f"{path}: stroke {number + 1} is not a list of [x, y] points")
-        strokes.append(points[:, :2])
-    text = document.get("text")
-    if text is not None and not isinstance(text, str):
-        raise PrimeError(f'{path}: "text" is not a string')
-    return strokes, text
-
-
-def checked_strokes(strokes, path):
-    """The strokes that have points; PrimeError if they cannot show a hand."""
-    strokes = [s for s in strokes if len(s)]
-    if not strokes:
-        raise PrimeError(f"{path}: holds no pen strokes")
-    if not all(np.isfinite(s).all() for s in strokes):
-        raise PrimeError(f"{path}: a coordinate is not a finite number")
-    if not any(np.any(np.diff(s, axis=0)) for s in strokes):
-        raise PrimeError(f"{path}: no stroke moves the pen (a prime needs strokes of two or more "
-                         "distinct points)")
-    return strokes
-
-
-def in_stroke_steps(offsets):
-    """Lengths of the steps the pen takes while down: the rows after a row that did not end a stroke."""
-    pen_down = np.zeros(len(offsets), dtype=bool)
-    pen_down[1:] = offsets[:-1, 0] < 0.5
-    return np.hypot(offsets[pen_down, 1], offsets[pen_down, 2])
-
-
-def rescale_prime(offsets, median_step):
-    """Offsets (pen units) scaled so that the median length of their in-stroke steps is median_step.
-
-    The network knows the data's pace, not its units: a prime in pixels or millimetres must
-    move like an IAM-OnDB line. Steps of length 0 (a resting pen) say nothing and are left out.
-    """
-    scaled = np.array(offsets, dtype=np.float64, copy=True)
-    steps = in_stroke_steps(scaled)
-    steps = steps[steps > 0]
-    if len(steps):
-        scaled[:, 1:] *= median_step / np.median(steps)
-    return scaled
 
 
 def joined_text(prime_text, text):
@@ -306,14 +190,14 @@ class Writer:
     @property
     def median_step(self):
         """The median in-stroke step of the training data in pen units, as the normalisation implies."""
-        return MEDIAN_STEP_PER_STD * float(np.sqrt(np.prod(self.offset_std.astype(np.float64))))
+        return data_preprocessing.median_step(self.offset_std)
 
     def prime_offsets(self, prime):
         """A Prime's offsets as the network reads them: rescaled to the data's pace, normalised, and
         ending with the pen lifted, as every line of the data does. A written line may stop in
         mid-stroke (Graves' rule does not wait for the pen), and a line primed by it would first
         finish that stroke, a scribble before its first word."""
-        offsets = self.normalise(rescale_prime(prime.offsets, self.median_step))
+        offsets = self.normalise(data_preprocessing.rescale_to_pace(prime.offsets, self.median_step))
         offsets[-1, 0] = 1.0
         return torch.from_numpy(offsets)
 

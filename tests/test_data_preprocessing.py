@@ -4,6 +4,7 @@ The unit tests build a tiny IAM-OnDB in the real file formats under tmp_path; ev
 array below was worked out by hand from the fixture's coordinates. The last test runs on the
 real database in ../shared/iam-ondb when it is there.
 """
+import json
 import os
 import shutil
 import tarfile
@@ -497,3 +498,58 @@ def test_real_iam_ondb(tmp_path):
     np.testing.assert_allclose(raw_offsets(train, line)[:12],
                                [[0, 0, 0], [0, -12, -7], [0, -7, -4], [0, 0, -4], [0, 3, 4]]
                                + [[0, 66 / 7, 224 / 7]] * 7, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- your own lines (--ink_dir)
+
+def own_line(text, shift=0.0):
+    """A draw.html JSON line in pixels, y down: 8 points rightwards 10 px apart, then a stroke of 4
+    points 5 px apart going down (up in our y)."""
+    right = [[shift + 10.0 * i, 0.0] for i in range(8)]
+    down = [[shift + 100.0, 20.0 + 5.0 * i] for i in range(4)]
+    return json.dumps({"text": text, "strokes": [right, down]})
+
+
+def test_own_lines_become_a_split_normalised_like_the_checkpoint(tmp_path):
+    """--ink_dir --like: alphabet and normalisation are the checkpoint's, the last line validates,
+    and each line is rescaled so its median in-stroke step is the data's (10 px here -> the pace
+    0.46 * sqrt(2 * 3) of the tiny checkpoint's std [2, 3]); y flips to point up."""
+    from fixtures import train_tiny
+
+    like = train_tiny(tmp_path / "model", "synthesis", "--max_steps", "1").replace("_best", "_last")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for i, text in enumerate(["first", "second", "third"]):
+        (folder / f"line{i}.json").write_text(own_line(text, shift=3.0 * i))
+    (folder / "broken.json").write_text("{not json")
+    (folder / "notes.md").write_text("not a line")
+    summary = dp.preprocess(ink_dir=str(folder), like=like, out_dir=tmp_path / "out", validation_fraction=0.3,
+                            verbose=False)
+    train = dataset.load_data(tmp_path / "out" / "train.npz")
+    validation = dataset.load_data(tmp_path / "out" / "validation.npz")
+    assert train.texts == ["first", "second"] and validation.texts == ["third"]  # by file name; broken sorts first
+    assert summary["dropped"] == Counter({"unreadable file": 1})
+    np.testing.assert_allclose(train.offset_mean, [0.5, -0.2]) and np.testing.assert_allclose(train.offset_std, [2, 3])
+    scale = 0.46 * np.sqrt(6.0) / 10.0
+    expected = [[0, 0, 0]] + [[0, 10, 0]] * 6 + [[1, 10, 0], [0, 30, -20], [0, 0, -5], [0, 0, -5], [1, 0, -5]]
+    expected = np.array(expected, dtype=np.float64) * [1, scale, scale]
+    np.testing.assert_allclose(train.offsets[0][:, 1:] * [2, 3] + [0.5, -0.2], expected[:, 1:], atol=1e-5)
+    np.testing.assert_array_equal(train.offsets[0][:, 0], expected[:, 0])
+
+    # and train.py fine-tunes the checkpoint on it
+    import train as train_module
+    from fixtures import TINY_MODEL
+    train_module.train(train_module.parse_args([
+        "--task", "synthesis", "--data_dir", str(tmp_path / "out"), "--model_dir", str(tmp_path / "tuned"),
+        "--init_from", like, "--max_steps", "3", "--precision", "fp32", *TINY_MODEL]))
+    assert (tmp_path / "tuned" / "synthesis_last.pt").exists()
+
+
+def test_own_lines_need_a_checkpoint_and_two_lines(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "only.json").write_text(own_line("one"))
+    with pytest.raises(dp.PreprocessingError, match="--ink_dir needs --like CHECKPOINT"):
+        dp.preprocess(ink_dir=str(folder), out_dir=tmp_path / "out", verbose=False)
+    with pytest.raises(dp.PreprocessingError, match="1 .json, .inkml or .xml file.*at least two lines"):
+        dp.preprocess(ink_dir=str(folder), like="unused.pt", out_dir=tmp_path / "out", verbose=False)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import data_preprocessing
 import generate
 import model as model_module
 from fixtures import make_handwriting_data, train_tiny, write_data_dir
@@ -143,7 +144,7 @@ def test_rescale_prime_sets_the_median_in_stroke_step():
     # in-stroke steps 1, 0 (a resting pen: left out), 2, 3 and 2: median 2; the pen-up jump of 100
     # (after a row that ends a stroke) is no in-stroke step but is scaled with the rest
     offsets = np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0], [0, 0, 2], [1, 3, 0], [0, 60, 80], [1, 0, 2]], float)
-    scaled = generate.rescale_prime(offsets, median_step=5.0)
+    scaled = data_preprocessing.rescale_to_pace(offsets, median_step=5.0)
     np.testing.assert_allclose(scaled[:, 1:], offsets[:, 1:] * 2.5)
     np.testing.assert_array_equal(scaled[:, 0], offsets[:, 0])
     assert offsets[5, 1] == 60  # the input is left alone
