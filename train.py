@@ -104,7 +104,8 @@ class Progress:
     window_nll: float = 0.0     # training NLL since _last.pt was last due ...
     window_points: float = 0.0  # ... over this many points
     saved_nats_per_point: float = math.inf  # the training NLL per point of the window last saved
-    warmup_from: int = 0        # the step the learning-rate warm-up started at
+    warmup_from: int = 0        # the step the learning-rate warm-up started at ...
+    warmup_steps: int = 0       # ... and its length
     cpu_seconds: float = 0.0    # CPU time of the whole lineage, all processes (--init_from carries it on)
     ranks: int = 1              # data-parallel processes; step_in_epoch counts steps of them all
 
@@ -148,7 +149,8 @@ class Run:
             return
         with utils.atomic_path(self.log) as tmp:
             with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(history[-1]))
+                # a record of an older run (carried on by --init_from) may lack newer columns
+                writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in history for k in r)))
                 writer.writeheader()
                 writer.writerows(history)
         utils.plot_loss_curves(history, self.plot, title=self.args.task)
@@ -222,10 +224,11 @@ def start(args, run, model, optimizer, train_data, ranks):
         progress = Progress(epoch=saved.get("epoch", 0), step=saved.get("step", 0),
                             warmup_from=saved.get("step", 0), history=list(saved.get("history", [])),
                             best_validation=saved.get("best_validation", math.inf),
-                            cpu_seconds=saved.get("cpu_seconds", 0.0), ranks=ranks.size)
+                            cpu_seconds=saved.get("cpu_seconds", 0.0), ranks=ranks.size,
+                            warmup_steps=100 if args.warmup_steps is None else args.warmup_steps)
         print(f"initialised from {args.init_from}: epoch {progress.epoch + 1}, step {progress.step}")
         return progress
-    return Progress(ranks=ranks.size)
+    return Progress(ranks=ranks.size, warmup_steps=args.warmup_steps or 0)
 
 
 def load_or_exit(path, device, flag, hint=""):
@@ -236,8 +239,8 @@ def load_or_exit(path, device, flag, hint=""):
 
 
 def learning_rate(args, epoch, progress):
-    """The seed's schedule (decay_rate per epoch), after a linear warm-up of warmup_steps steps."""
-    warmup = args.warmup_steps if args.warmup_steps is not None else (100 if args.init_from else 0)
+    """The seed's schedule (decay_rate per epoch), after the run's linear warm-up, if any."""
+    warmup = progress.warmup_steps
     ramp = min(1.0, (progress.step - progress.warmup_from + 1) / warmup) if warmup else 1.0
     return args.learning_rate * args.decay_rate ** epoch * ramp
 

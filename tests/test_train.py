@@ -311,6 +311,11 @@ def test_init_from_loads_the_weights_with_a_fresh_optimizer_and_a_warm_up(tmp_pa
     last = torch.load(tmp_path / "c" / "rand_write_last.pt", weights_only=False)
     assert [s["step"].item() for s in last["optimizer"]["state"].values()] == [1] * len(start)
     assert last["step"] == STEPS_PER_EPOCH + 1 and last["history"] == progress.history
+    # the warm-up goes on where it was after --resume (which takes no --init_from): step 2 of 4
+    run(data_dir, tmp_path / "c", "rand_write", "--resume", "--max_steps", str(STEPS_PER_EPOCH + 2),
+        "--decay_rate", "0.5")
+    last = torch.load(tmp_path / "c" / "rand_write_last.pt", weights_only=False)
+    assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-2 * 0.5 * 2 / 4, rel=1e-12)
 
 
 def test_init_from_refuses_another_task_model_alphabet_or_normalisation(tmp_path, data_dir):
