@@ -318,6 +318,17 @@ def test_init_from_loads_the_weights_with_a_fresh_optimizer_and_a_warm_up(tmp_pa
     assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-2 * 0.5 * 2 / 4, rel=1e-12)
 
 
+def test_init_from_a_checkpoint_of_older_code_logs_both_epochs(tmp_path, data_dir):
+    """A history record written before a column existed (cpu_hours) goes on into the log."""
+    run(data_dir, tmp_path / "a", "rand_write", "--num_epochs", "1")
+    saved = torch.load(tmp_path / "a" / "rand_write_best.pt", weights_only=False)
+    del saved["history"][0]["cpu_hours"]
+    torch.save(saved, tmp_path / "older.pt")
+    run(data_dir, tmp_path / "b", "rand_write", "--init_from", str(tmp_path / "older.pt"), "--num_epochs", "2")
+    rows = read_csv(tmp_path / "b" / "rand_write_log.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"] and rows[0]["cpu_hours"] == "" and float(rows[1]["cpu_hours"]) >= 0
+
+
 def test_init_from_refuses_another_task_model_alphabet_or_normalisation(tmp_path, data_dir):
     run(data_dir, tmp_path / "a", "rand_write", "--max_steps", "1")
     source = str(tmp_path / "a" / "rand_write_last.pt")
