@@ -66,8 +66,13 @@ def save(path, model, data, progress, args=None, optimizer=None):
         name, keys, position, has_gauss, gauss = np.random.get_state()
         checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
                              "numpy": (name, keys.tolist(), position, has_gauss, gauss)}
-    with utils.atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    try:
+        with utils.atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+    except (OSError, RuntimeError) as e:  # torch says "unexpected pos" when the disk fills up
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:120]
+        raise CheckpointError(f"could not write {path} ({reason}): check that the disk has room and the "
+                              "folder is writable. The file it would replace is unchanged.") from None
 
 
 def load(path, device="cpu"):

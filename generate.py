@@ -416,6 +416,14 @@ def read_prime(args):
     return None
 
 
+def why_unwritable(path, error):
+    """What stopped a write, in words: a file where a folder should be, else the system's reason."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    return f"{folder} is a file, not a folder" if not os.path.isdir(folder) else (error.strerror or str(error))
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
@@ -442,14 +450,14 @@ def main(argv=None):
         print(f"page line(s) {stalled} stalled: words may be missing" if stalled
               else "every line of the page was written to its end")
 
-    writing.save(args.out, label=args.label)
-    print(f"wrote {args.out}")
-    if args.strokes_out:
-        writing.save_strokes(args.strokes_out)
-        print(f"wrote {args.strokes_out}")
-    if args.attention_out:
-        writing.save_attention(args.attention_out)
-        print(f"wrote {args.attention_out}")
+    for path, save in [(args.out, lambda p: writing.save(p, label=args.label)),
+                       (args.strokes_out, writing.save_strokes), (args.attention_out, writing.save_attention)]:
+        if path:
+            try:
+                save(path)
+            except OSError as e:  # a folder that is a file or not writable, a full disk ...
+                raise SystemExit(f"cannot write {path}: {why_unwritable(path, e)}")
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":

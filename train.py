@@ -126,7 +126,10 @@ class Run:
 
     def save(self, path, model, optimizer, progress, data):
         if self.writes:
-            checkpoint.save(path, model, data, asdict(progress), self.args, optimizer)
+            try:
+                checkpoint.save(path, model, data, asdict(progress), self.args, optimizer)
+            except checkpoint.CheckpointError as e:
+                raise SystemExit(str(e))
 
     def save_last(self, model, optimizer, progress, data):
         """Save <task>_last.pt unless training is diverging: no good step since it was last due,

@@ -301,3 +301,11 @@ def test_missing_checkpoint_is_a_clear_error_not_a_traceback(tmp_path):
     with pytest.raises(SystemExit, match="no checkpoint at .*rand_write_best.pt: train one"):
         generate.main(["--task", "rand_write", "--model_dir", str(tmp_path), "--out", str(tmp_path / "x.png")])
     assert not (tmp_path / "x.png").exists()
+
+
+def test_an_output_that_cannot_be_written_is_a_sentence(checkpoints, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(SystemExit, match="cannot write .*file/out.png: .*file is a file, not a folder"):
+        generate.main(["--task", "rand_write", "--checkpoint", checkpoints["rand_write"], "--num_samples", "1",
+                       "--length", "5", "--out", str(tmp_path / "file" / "out.png")])
+    assert (tmp_path / "file").read_text() == "not a folder"

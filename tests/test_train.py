@@ -589,3 +589,18 @@ def test_resuming_with_another_number_of_processes_is_refused(tmp_path, data_dir
     torch.save(saved, tmp_path / "rand_write_last.pt")
     with pytest.raises(SystemExit, match="trained by 2 process.*this run has 1.*--init_from"):
         run(data_dir, tmp_path, "rand_write", "--resume")
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_with_a_sentence_and_keeps_the_old_file(tmp_path, data_dir, monkeypatch):
+    """A full disk (torch.save says "unexpected pos") stops training with a sentence, not a traceback."""
+    run(data_dir, tmp_path, "rand_write", "--max_steps", "1")
+    before = (tmp_path / "rand_write_last.pt").read_bytes()
+
+    def full_disk(obj, f, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 1984 vs 1872")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(SystemExit, match="could not write .*rand_write_last.pt .*unexpected pos.*disk has room"):
+        run(data_dir, tmp_path, "rand_write", "--max_steps", "2", "--resume")
+    assert (tmp_path / "rand_write_last.pt").read_bytes() == before
+    assert [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")] == []
