@@ -30,7 +30,7 @@ import torch
 import checkpoint
 import dataset
 import utils
-from model import sequence_nll
+from model import point_nll, sequence_nll, split_mixture
 
 PIXELS_PER_UNIT = 0.15  # pen units to pixels: a median IAM-OnDB line (~600 units tall) -> ~90 px
 PEN_WIDTH = 3           # pixels
@@ -148,6 +148,77 @@ def legibility(writer, data, lines, bias, seed, batch_size=50, read=read_with_te
             "cer_ratio": cer["generated"] / max(cer["human"], 1e-9), "stalled": stalled}
 
 
+# ----------------------------------------------------------------------------- priming fidelity
+
+def style(offsets, text):
+    """A line's style in numbers (pen units): width per character, height (the 5th to 95th
+    percentile of y), slant (degrees from upright of the near-vertical pen-down steps, positive
+    leaning right, weighted by length) and pen strokes per character."""
+    strokes = utils.offsets_to_strokes(offsets)
+    points = np.concatenate(strokes)
+    steps = np.concatenate([np.diff(s, axis=0) for s in strokes if len(s) > 1] or [np.zeros((0, 2))])
+    upright = steps[np.abs(steps[:, 1]) > np.abs(steps[:, 0])]
+    lengths = np.hypot(upright[:, 0], upright[:, 1])
+    slant = np.degrees(np.arctan(upright[:, 0] / upright[:, 1]))
+    return {"width per character": np.ptp(points[:, 0]) / len(text),
+            "height": np.percentile(points[:, 1], 95) - np.percentile(points[:, 1], 5),
+            "slant": float(np.average(slant, weights=lengths)) if len(lengths) else 0.0,
+            "strokes per character": len(strokes) / len(text)}
+
+
+@torch.no_grad()
+def primed_nll(model, data, prime, line):
+    """NLL (nats) of validation line `line` after the network has read line `prime` (teacher-forced;
+    the window reads the two texts joined by a space, as generate.py primes), and of the line alone.
+    Both count the same predictions: the line's points after its first."""
+    joined = dataset.encode_text(f"{data.texts[prime].rstrip()} {data.texts[line]}", data.alphabet)
+    alone = dataset.encode_text(data.texts[line], data.alphabet)
+    result = []
+    for offsets, codes, skip in [(np.concatenate([data.offsets[prime], data.offsets[line]]), joined,
+                                  len(data.offsets[prime])), (data.offsets[line], alone, 0)]:
+        x = torch.from_numpy(offsets)[None]
+        text = torch.from_numpy(codes)[None]
+        y, _, _ = model(x[:, :-1], text, torch.ones(text.shape))
+        result.append(point_nll(split_mixture(y), x[:, 1:])[0, skip:].sum().item())
+    return result
+
+
+def fidelity(writer, data, writers=20, lines_per_writer=3, bias=1.0, seed=0):
+    """How much a prime makes the model write like its writer. For each of `writers` validation
+    forms (one writer each, drawn with numpy seed 0), line 1 primes; up to `lines_per_writer` other
+    lines are written primed and unprimed (their texts), and their likelihood is taken both ways.
+    Returns rows of (statistic, mean |unprimed - real|, mean |primed - real|) over the writers, the
+    real value being the mean over the writer's held-out lines."""
+    from generate import Prime
+
+    forms = {}
+    for i, line_id in enumerate(data.line_ids):
+        forms.setdefault(line_id.rsplit("-", 1)[0], []).append(i)
+    chosen = np.random.default_rng(0).choice(sorted(forms), min(writers, len(forms)), replace=False)
+    errors = {"unprimed": [], "primed": []}
+    nll = {"unprimed": 0.0, "primed": 0.0, "lines": 0}
+    for number, form in enumerate(chosen):
+        prime_index, *held_out = forms[form]
+        held_out = held_out[:lines_per_writer]
+        texts = [data.texts[i] for i in held_out]
+        to_pen = lambda o: o.astype(np.float64) * np.r_[1.0, data.offset_std] + np.r_[0.0, data.offset_mean]
+        real = {k: np.mean([style(to_pen(data.offsets[i]), data.texts[i])[k] for i in held_out])
+                for k in style(to_pen(data.offsets[held_out[0]]), texts[0])}
+        prime = Prime(data.texts[prime_index], to_pen(data.offsets[prime_index]))
+        for kind, primed_by in [("unprimed", None), ("primed", prime)]:
+            written = writer.write(texts, bias=bias, seed=seed + number, prime=primed_by)
+            stats = [style(line, text) for line, text in zip(written.lines, texts)]
+            errors[kind].append({k: abs(np.mean([s[k] for s in stats]) - real[k]) / (1 if k == "slant" else real[k])
+                                 for k in real})
+        for i in held_out:
+            primed, alone = primed_nll(writer.model, data, prime_index, i)
+            nll["primed"], nll["unprimed"], nll["lines"] = nll["primed"] + primed, nll["unprimed"] + alone, nll["lines"] + 1
+    rows = [(k, np.mean([e[k] for e in errors["unprimed"]]), np.mean([e[k] for e in errors["primed"]]))
+            for k in errors["primed"][0]]
+    rows.append(("NLL of the held-out lines, nats per line", nll["unprimed"] / nll["lines"], nll["primed"] / nll["lines"]))
+    return rows
+
+
 # ----------------------------------------------------------------------------- command line
 
 def parse_args(argv=None):
@@ -159,6 +230,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch_size", type=int, default=50)
     p.add_argument("--skip_legibility", action="store_true", help="likelihood only")
+    p.add_argument("--fidelity", type=int, metavar="WRITERS",
+                   help="instead: how much priming with one line of each of WRITERS validation writers makes "
+                        "the model write like them (style statistics and likelihood, primed against unprimed)")
     p.add_argument("--log", default=os.path.join("save", "judgements.csv"),
                    help="CSV that gets one row per judged checkpoint")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (as train.py; 0: one per core)")
@@ -219,6 +293,15 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     data = dataset.load_data(os.path.join(args.data_dir, "validation.npz"))
+    if args.fidelity:
+        from generate import Writer
+        for path in args.checkpoint:
+            print(f"{path}: priming fidelity over {args.fidelity} validation writers, bias {args.bias}, seed {args.seed}")
+            print("| statistic | unprimed, error | primed, error |\n| --- | --- | --- |")
+            for name, unprimed, primed in fidelity(Writer.load(path, args.device), data, args.fidelity,
+                                                   bias=args.bias, seed=args.seed):
+                print(f"| {name} | {unprimed:.3f} | {primed:.3f} |")
+        return []
     rows = [judge(path, data, args) for path in args.checkpoint]
     if args.log:
         append_rows(args.log, rows)

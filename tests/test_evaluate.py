@@ -125,3 +125,46 @@ def test_judge_logs_one_row_per_checkpoint_and_says_when_tesseract_is_missing(ti
     assert float(rows[1]["nats_per_line"]) == pytest.approx(per_line)
     assert float(rows[1]["nats_per_point"]) == pytest.approx(per_point)
     assert f"validation NLL {per_line:.1f} nats/line" in out
+
+
+def test_style_statistics_by_hand():
+    # stroke 1: (0,0) (2,10) (4,20), leaning right by atan(2/10); stroke 2: (9,20) down to (9,10), upright
+    offsets = np.array([[0, 0, 0], [0, 2, 10], [1, 2, 10], [0, 5, 0], [1, 0, -10]], float)
+    s = evaluate.style(offsets, "ab")
+    assert s["width per character"] == pytest.approx(9 / 2)
+    assert s["height"] == pytest.approx(20 - 2)  # y sorted 0 10 10 20 20: 5th percentile 2, 95th 20
+    lean, length = np.degrees(np.arctan(0.2)), np.hypot(2, 10)
+    assert s["slant"] == pytest.approx(lean * 2 * length / (2 * length + 10))
+    assert s["strokes per character"] == 1.0
+
+
+def test_primed_nll_is_the_line_read_on_from_the_state_the_prime_left(tiny):
+    """The primed figure, computed over prime and line in one call, equals reading the prime first and
+    the line from the state it left (the same joined text); the unprimed one is the line's own NLL."""
+    from model import point_nll, split_mixture
+    path, data_dir = tiny
+    data = dataset.load_data(os.path.join(data_dir, "validation.npz"))
+    model = Writer.load(path).model
+    primed, alone = evaluate.primed_nll(model, data, 0, 1)
+    joined = dataset.encode_text(f"{data.texts[0].rstrip()} {data.texts[1]}", data.alphabet)
+    text, mask = torch.from_numpy(joined)[None], torch.ones(1, len(joined))
+    prime, line = (torch.from_numpy(data.offsets[i])[None] for i in (0, 1))
+    with torch.no_grad():
+        _, state, _ = model(prime, text, mask)
+        y, _, _ = model(line[:, :-1], text, mask, state=state)
+        expected = point_nll(split_mixture(y), line[:, 1:]).sum().item()
+    assert primed == pytest.approx(expected, rel=1e-5)
+    one_line = dataset.HandwritingData([data.offsets[1]], [data.text_codes[1]], [data.texts[1]], ["x"],
+                                       data.alphabet, data.offset_mean, data.offset_std)
+    assert alone == pytest.approx(evaluate.dataset_nll(model, one_line, 1)[0], rel=1e-5)
+
+
+def test_fidelity_reports_each_statistic_unprimed_and_primed(tiny):
+    path, data_dir = tiny
+    data = dataset.load_data(os.path.join(data_dir, "validation.npz"))  # ids line-0 ... : one "form"
+    rows = evaluate.fidelity(Writer.load(path), data, writers=20, lines_per_writer=2)
+    assert [r[0] for r in rows] == ["width per character", "height", "slant", "strokes per character",
+                                    "NLL of the held-out lines, nats per line"]
+    assert all(np.isfinite(r[1]) and np.isfinite(r[2]) for r in rows)
+    expected = np.mean([evaluate.primed_nll(Writer.load(path).model, data, 0, i) for i in (1, 2)], axis=0)
+    assert rows[-1][1:] == pytest.approx((expected[1], expected[0]))
