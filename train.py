@@ -78,11 +78,15 @@ def parse_args(argv=None):
                    help="raise the learning rate linearly from 0 over this many steps "
                         "(default: 100 with --init_from, else 0)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save_every", type=int, default=100, help="also checkpoint every N steps")
+    p.add_argument("--save_every", type=int, default=100,
+                   help="also checkpoint every N steps (0: only at the end of each epoch)")
     p.add_argument("--max_steps", type=int, default=0, help="stop after N optimizer steps (0: no limit)")
     args = p.parse_args(argv)
     if args.resume and args.init_from:
         p.error("--resume continues MODEL_DIR's run; --init_from starts a new one: choose one")
+    for name in ("save_every", "max_steps", "num_epochs"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name} must be 0 or more, not {getattr(args, name)}")
     return args
 
 
@@ -343,11 +347,12 @@ def train_epoch(args, run, model, optimizer, train_data, progress, epoch, ranks)
         cpu_mark, wall_mark = time.process_time(), time.time()
         bar.update(1)
         stop = args.max_steps and progress.step >= args.max_steps
-        if progress.step % args.save_every == 0 or stop or progress.step_in_epoch == steps:
+        save_due = args.save_every and progress.step % args.save_every == 0
+        if save_due or stop or progress.step_in_epoch == steps:
             # every rank reaches these points together: add all ranks' CPU time in one all_reduce
             progress.cpu_seconds += ranks.sum([cpu_unsummed], args.device)[0]
             cpu_unsummed = 0.0
-        if progress.step % args.save_every == 0 or stop:
+        if save_due or stop:
             run.save_last(unwrapped(model), optimizer, progress, train_data)
         if stop:
             bar.close()

@@ -604,3 +604,17 @@ def test_a_checkpoint_that_cannot_be_written_stops_with_a_sentence_and_keeps_the
         run(data_dir, tmp_path, "rand_write", "--max_steps", "2", "--resume")
     assert (tmp_path / "rand_write_last.pt").read_bytes() == before
     assert [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")] == []
+
+
+def test_save_every_zero_checkpoints_only_at_epoch_ends_and_at_the_stop(tmp_path, data_dir, monkeypatch):
+    saved_at = []
+    real_save_last = train.Run.save_last
+    def recording(self, model, optimizer, progress, data):
+        saved_at.append(progress.step)
+        return real_save_last(self, model, optimizer, progress, data)
+    monkeypatch.setattr(train.Run, "save_last", recording)
+    _, progress = run(data_dir, tmp_path, "rand_write", "--save_every", "0", "--max_steps", "6")
+    assert progress.step == 6
+    assert saved_at == [STEPS_PER_EPOCH, 6]  # end of epoch 1, then where --max_steps stopped it
+    with pytest.raises(SystemExit):
+        train.parse_args(["--save_every", "-1"])
