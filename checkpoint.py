@@ -131,13 +131,13 @@ def check_compatible(checkpoint, config, data, path, flag):
                          f"{asdict(config)}; pass the same --task and model options.")
     if checkpoint["alphabet"] != data.alphabet:
         raise SystemExit(f"{flag}: {path} was trained with another alphabet than the data in --data_dir; "
-                         "preprocess the data with that checkpoint's alphabet.")
+                         f"remake it with that checkpoint's (python data_preprocessing.py --like {path} ...).")
     if not (np.allclose(checkpoint["offset_mean"], data.offset_mean, rtol=1e-4)
             and np.allclose(checkpoint["offset_std"], data.offset_std, rtol=1e-4)):
         raise SystemExit(f"{flag}: {path} normalises offsets with mean {checkpoint['offset_mean']} and "
                          f"std {checkpoint['offset_std']}, the data in --data_dir with "
-                         f"{data.offset_mean.tolist()} and {data.offset_std.tolist()}; preprocess the "
-                         "data with that checkpoint's statistics.")
+                         f"{data.offset_mean.tolist()} and {data.offset_std.tolist()}; remake the data with "
+                         f"that checkpoint's (python data_preprocessing.py --like {path} ...).")
 
 
 def restore_rng(checkpoint):

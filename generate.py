@@ -193,11 +193,12 @@ class Writer:
         return data_preprocessing.median_step(self.offset_std)
 
     def prime_offsets(self, prime):
-        """A Prime's offsets as the network reads them: rescaled to the data's pace, normalised, and
-        ending with the pen lifted, as every line of the data does. A written line may stop in
-        mid-stroke (Graves' rule does not wait for the pen), and a line primed by it would first
-        finish that stroke, a scribble before its first word."""
-        offsets = self.normalise(data_preprocessing.rescale_to_pace(prime.offsets, self.median_step))
+        """A Prime's offsets as the network reads them: without repeated points, rescaled to the
+        data's pace, normalised, and ending with the pen lifted, as every line of the data is. A
+        written line may stop in mid-stroke (Graves' rule does not wait for the pen), and a line
+        primed by it would first finish that stroke, a scribble before its first word."""
+        offsets, _ = data_preprocessing.remove_repeated_points(np.asarray(prime.offsets, dtype=np.float64))
+        offsets = self.normalise(data_preprocessing.rescale_to_pace(offsets, self.median_step))
         offsets[-1, 0] = 1.0
         return torch.from_numpy(offsets)
 

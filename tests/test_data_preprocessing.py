@@ -16,6 +16,7 @@ import pytest
 
 import data_preprocessing as dp
 import dataset
+import utils
 
 # ----------------------------------------------------------------------------- fixture helpers
 
@@ -173,6 +174,27 @@ def test_remove_implausible_steps():
     # The eos of a removed last row moves back to the row before.
     cleaned, removed = dp.remove_implausible_steps(np.array([[0, 0, 0], [0, 3, 4], [1, 0, 500]], np.float32))
     np.testing.assert_array_equal(cleaned, [[0, 0, 0], [1, 3, 4]])
+
+
+def test_remove_repeated_points():
+    offsets = np.array([[0, 0, 0], [0, 3, 4], [0, 0, 0], [0, 0, 0], [0, 5, 0],  # two readings of one place
+                        [1, 0, 0],                  # a repeat that ended the stroke: eos moves to the row before
+                        [0, 0, 0],                  # a pen-up move of length 0 (the pen went down where it rose): kept
+                        [0, 2, 2], [1, 1, 0]], dtype=np.float32)
+    cleaned, removed = dp.remove_repeated_points(offsets)
+    assert removed == 3
+    np.testing.assert_array_equal(cleaned, [[0, 0, 0], [0, 3, 4], [1, 5, 0], [0, 0, 0], [0, 2, 2], [1, 1, 0]])
+    # the pen still draws the same points, stroke by stroke
+    assert [s.tolist() for s in utils.offsets_to_strokes(cleaned)] == [
+        [[0, 0], [3, 4], [8, 4]], [[8, 4], [10, 6], [11, 6]]]
+
+
+def test_clean_line_removes_a_repeated_reading():
+    summary = dp.new_summary()
+    stroke = np.array([[0, 0, 0.0], [10, 0, 0.015], [10, 0, 0.03], [10, 10, 0.045]])  # the pen rests once
+    offsets = dp.clean_line([stroke], summary)
+    np.testing.assert_array_equal(offsets, np.array([[0, 0, 0], [0, 10, 0], [1, 0, -10]], dtype=np.float32))
+    assert summary["repeated_points_removed"] == 1 and summary["points_interpolated"] == 0
 
 
 def test_clean_line_interpolates_and_removes_glitch():
@@ -340,6 +362,20 @@ def test_non_finite_and_glitch_coordinates_drop_their_line_not_the_statistics(ia
     rows = np.concatenate([np.array(o, dtype=np.float64)[:, 1:] for o in TRAIN_OFFSETS])
     np.testing.assert_allclose(train.offset_std, rows.std(axis=0), rtol=1e-6)
     assert all(np.isfinite(o).all() for o in train.offsets)
+
+
+def test_like_makes_the_iam_split_with_the_checkpoints_normalisation(iam, tmp_path):
+    """To go on training a model on freshly made arrays: its statistics, not the data's own."""
+    from fixtures import train_tiny
+
+    like = train_tiny(tmp_path / "model", "synthesis", "--max_steps", "1").replace("_best", "_last")
+    dp.preprocess(iam, tmp_path / "own", verbose=False)
+    dp.preprocess(iam, tmp_path / "like", like=like, verbose=False)
+    own, alike = (dataset.load_data(tmp_path / d / "train.npz") for d in ("own", "like"))
+    np.testing.assert_allclose(alike.offset_mean, [0.5, -0.2]) and np.testing.assert_allclose(alike.offset_std, [2, 3])
+    assert alike.line_ids == own.line_ids
+    for i in range(len(own)):  # the same raw offsets, normalised the checkpoint's way
+        np.testing.assert_allclose(raw_offsets(alike, i), raw_offsets(own, i), atol=1e-3)
 
 
 def test_official_split(iam, tmp_path):

@@ -169,6 +169,15 @@ def test_the_network_reads_a_prime_with_the_pen_lifted_at_its_end(writer):
     assert offsets[-1, 0] == 0  # the prime itself is left alone
 
 
+def test_a_prime_is_read_without_its_repeated_points(writer):
+    # as in the data: a pen reporting where it already was says nothing (data_preprocessing)
+    offsets = np.array([[0, 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 0], [0, 5, 0], [1, 0, 0]], float)
+    without = np.array([[0, 0, 0], [0, 1, 1], [1, 1, 0], [1, 5, 0]], float)
+    np.testing.assert_allclose(writer.prime_offsets(Prime("ab", offsets)).numpy(),
+                               writer.prime_offsets(Prime("ab", without)).numpy())
+    assert len(writer.prime_offsets(Prime("ab", offsets))) == 4
+
+
 # ----------------------------------------------------------------------------- priming
 
 def loops(num_points, turn=0.8, seed=0):
