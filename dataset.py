@@ -5,7 +5,7 @@ and cut them into padded batches here; generation encodes its texts with the sam
 the same padding. One home for all of it, so that the format has one definition.
 """
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -56,6 +56,18 @@ class HandwritingData:
 
     def __len__(self):
         return len(self.offsets)
+
+
+def renormalised(data, offset_mean, offset_std):
+    """The same lines normalised with other statistics (a checkpoint's); their raw offsets are unchanged."""
+    mean, std = np.asarray(offset_mean, np.float64), np.asarray(offset_std, np.float64)
+    if np.array_equal(mean, data.offset_mean) and np.array_equal(std, data.offset_std):
+        return data
+    offsets = []
+    for line in data.offsets:
+        raw = line[:, 1:].astype(np.float64) * data.offset_std + data.offset_mean
+        offsets.append(np.column_stack([line[:, :1], (raw - mean) / std]).astype(np.float32))
+    return replace(data, offsets=offsets, offset_mean=mean.astype(np.float32), offset_std=std.astype(np.float32))
 
 
 def save_data(path, data):

@@ -240,6 +240,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def checkpoints_view(data, saved, path):
+    """The validation lines normalised as checkpoint `saved` expects (data made without --like
+    carries its own statistics): the same raw ink for every checkpoint judged."""
+    seen = dataset.renormalised(data, saved["offset_mean"], saved["offset_std"])
+    if seen is not data:
+        print(f"{path}: the validation lines are renormalised with the checkpoint's statistics "
+              f"(mean {np.round(saved['offset_mean'], 3).tolist()}, std {np.round(saved['offset_std'], 3).tolist()})")
+    return seen
+
+
 def judge(path, data, args):
     """One row of figures for one checkpoint."""
     from generate import Writer  # generation is only needed here
@@ -250,6 +260,7 @@ def judge(path, data, args):
         raise SystemExit(str(e))
     if saved["alphabet"] != data.alphabet:
         raise SystemExit(f"{path} was trained with another alphabet than {args.data_dir}/validation.npz")
+    data = checkpoints_view(data, saved, path)
     history = saved.get("history") or [{}]
     row = {"checkpoint": path, "task": saved["config"]["task"], "epoch": saved.get("epoch", ""),
            "step": saved.get("step", ""), "cpu_hours": history[-1].get("cpu_hours", "")}
@@ -298,8 +309,9 @@ def main(argv=None):
         for path in args.checkpoint:
             print(f"{path}: priming fidelity over {args.fidelity} validation writers, bias {args.bias}, seed {args.seed}")
             print("| statistic | unprimed, error | primed, error |\n| --- | --- | --- |")
-            for name, unprimed, primed in fidelity(Writer.load(path, args.device), data, args.fidelity,
-                                                   bias=args.bias, seed=args.seed):
+            writer = Writer.load(path, args.device)
+            view = checkpoints_view(data, {"offset_mean": writer.offset_mean, "offset_std": writer.offset_std}, path)
+            for name, unprimed, primed in fidelity(writer, view, args.fidelity, bias=args.bias, seed=args.seed):
                 print(f"| {name} | {unprimed:.3f} | {primed:.3f} |")
         return []
     rows = [judge(path, data, args) for path in args.checkpoint]

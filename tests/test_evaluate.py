@@ -127,6 +127,24 @@ def test_judge_logs_one_row_per_checkpoint_and_says_when_tesseract_is_missing(ti
     assert f"validation NLL {per_line:.1f} nats/line" in out
 
 
+def test_the_judge_reads_data_normalised_otherwise_the_checkpoints_way(tiny, tmp_path, monkeypatch, capsys):
+    """Validation arrays made with other statistics (no --like) give the same NLL once renormalised."""
+    path, data_dir = tiny
+    data = dataset.load_data(os.path.join(data_dir, "validation.npz"))
+    other_mean, other_std = data.offset_mean + [1.5, -0.5], data.offset_std * [2.0, 0.5]
+    moved = dataset.renormalised(data, other_mean, other_std)
+    row0 = moved.offsets[0][3, 1:] * other_std + other_mean  # the raw offsets are the same ink
+    np.testing.assert_allclose(row0, data.offsets[0][3, 1:] * data.offset_std + data.offset_mean, rtol=1e-5)
+    assert not np.allclose(moved.offsets[0][3, 1:], data.offsets[0][3, 1:])
+    (tmp_path / "other").mkdir()
+    dataset.save_data(tmp_path / "other" / "validation.npz", moved)
+    monkeypatch.setattr(evaluate, "tesseract_available", lambda: False)
+    [own] = evaluate.main([path, "--data_dir", data_dir, "--log", ""])
+    [other] = evaluate.main([path, "--data_dir", str(tmp_path / "other"), "--log", ""])
+    assert other["nats_per_line"] == pytest.approx(own["nats_per_line"], rel=1e-4)
+    assert "renormalised with the checkpoint's statistics" in capsys.readouterr().out
+
+
 def test_style_statistics_by_hand():
     # stroke 1: (0,0) (2,10) (4,20), leaning right by atan(2/10); stroke 2: (9,20) down to (9,10), upright
     offsets = np.array([[0, 0, 0], [0, 2, 10], [1, 2, 10], [0, 5, 0], [1, 0, -10]], float)
