@@ -246,7 +246,8 @@ def checkpoints_view(data, saved, path):
     seen = dataset.renormalised(data, saved["offset_mean"], saved["offset_std"])
     if seen is not data:
         print(f"{path}: the validation lines are renormalised with the checkpoint's statistics "
-              f"(mean {np.round(saved['offset_mean'], 3).tolist()}, std {np.round(saved['offset_std'], 3).tolist()})")
+              f"(mean {np.round(np.asarray(saved['offset_mean'], np.float64), 3).tolist()}, "
+              f"std {np.round(np.asarray(saved['offset_std'], np.float64), 3).tolist()})")
     return seen
 
 
