@@ -108,6 +108,29 @@ def test_legibility_reads_generated_and_human_lines_of_the_same_texts(tiny):
     assert subset == evaluate.legibility_subset(data, 5) == sorted(subset)  # fixed, whatever the checkpoint
 
 
+def test_stall_trial_counts_capped_lines_per_bias(tiny):
+    """A stand-in writer caps line i exactly when seed == i at bias 1, and every line at bias 2."""
+    path, data_dir = tiny
+    data = dataset.load_data(os.path.join(data_dir, "validation.npz"))
+    texts = [data.texts[i] for i in evaluate.legibility_subset(data, 3)]
+    calls = []
+
+    class StandIn:
+        def write(self, written, bias, seed):
+            calls.append((tuple(written), bias, seed))
+            return type("Writing", (), {"capped": [bias == 2.0 or (bias == 1.0 and seed == i) for i in range(3)]})
+
+    stalled = evaluate.stall_trial(StandIn(), data)
+    assert stalled == {0.5: 0, 1.0: 3, 2.0: 12}  # seeds 0, 1, 2 cap one line each; seed 3 none
+    assert calls == [(tuple(texts), bias, seed) for bias in (0.5, 1.0, 2.0) for seed in range(4)]
+    # and a real tiny model whose window never moves stalls every trial line
+    writer = Writer.load(path)
+    with torch.no_grad():
+        writer.model.window_layer.weight.zero_()
+        writer.model.window_layer.bias[2 * writer.model.config.K:] = -30.0
+    assert evaluate.stall_trial(writer, data, seeds=1, biases=(1.0,)) == {1.0: 3}
+
+
 def test_judge_logs_one_row_per_checkpoint_and_says_when_tesseract_is_missing(tiny, tmp_path, monkeypatch, capsys):
     path, data_dir = tiny
     monkeypatch.setattr(evaluate, "tesseract_available", lambda: False)
