@@ -27,14 +27,14 @@ def main():
         summary = data_preprocessing.preprocess(args.data_dir, out_dir, verbose=False)
         total = time.perf_counter() - start
         size = sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir))
-    lines = sum(summary["lines"].values())
-    points = sum(p[3] for p in summary["points"].values())
+    lines = sum(summary.lines.values())
+    points = sum(p[3] for p in summary.points.values())
     print(f"total            {total:6.1f} s   ({lines / total:,.0f} lines/s, {points / total / 1e6:.2f} M points/s)")
-    print(f"  XML parsing    {summary['parse_seconds']:6.1f} s")
+    print(f"  XML parsing    {summary.parse_seconds:6.1f} s")
     print(f"  everything else before saving (decompression, cleaning, normalising) "
-          f"{summary['seconds_before_saving'] - summary['parse_seconds']:.1f} s")
-    print(f"  saving         {summary['seconds'] - summary['seconds_before_saving']:6.1f} s   ({size / 1e6:.0f} MB)")
-    print(f"lines kept: {summary['lines']['train']:,} train, {summary['lines']['validation']:,} validation; "
+          f"{summary.seconds_before_saving - summary.parse_seconds:.1f} s")
+    print(f"  saving         {summary.seconds - summary.seconds_before_saving:6.1f} s   ({size / 1e6:.0f} MB)")
+    print(f"lines kept: {summary.lines['train']:,} train, {summary.lines['validation']:,} validation; "
           f"{points:,} points; {os.cpu_count()} CPU cores")
     return 0
 

@@ -59,6 +59,8 @@ import time
 import xml.etree.ElementTree as ET
 import zlib
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -98,7 +100,7 @@ def preprocess(data_dir="data", out_dir="data", split="graves", strokes=None, se
 
     With ink_dir, the lines are your own (read_ink_dir). With `like` (required with ink_dir), the
     arrays get that checkpoint's alphabet and normalisation, so that it can be trained on with them.
-    Returns a summary dict (counts, drop reasons, statistics). Raises PreprocessingError,
+    Returns a Summary (counts, drop reasons, statistics). Raises PreprocessingError,
     leaving any existing outputs untouched and no partial files, when it cannot finish.
     """
     start = time.perf_counter()
@@ -121,18 +123,18 @@ def preprocess(data_dir="data", out_dir="data", split="graves", strokes=None, se
     else:
         lines, summary = read_iam(inputs, split)
     own_split = "ink_dir" in inputs or "strokes_npy" in inputs  # no split files: the last lines validate
-    summary["split"] = f"last {validation_fraction:.0%} as validation" if own_split else split
+    summary.split = f"last {validation_fraction:.0%} as validation" if own_split else split
 
     train, validation = build_splits(lines, summary, normalisation)
-    summary["seconds_before_saving"] = time.perf_counter() - start
+    summary.seconds_before_saving = time.perf_counter() - start
     # Both outputs appear together or not at all: each is written to a temporary file and the
     # two are renamed only after both writes succeeded.
     with utils.atomic_path(os.path.join(out_dir, "train.npz")) as train_tmp, \
             utils.atomic_path(os.path.join(out_dir, "validation.npz")) as validation_tmp:
         dataset.save_data(train_tmp, train)
         dataset.save_data(validation_tmp, validation)
-    summary["seconds"] = time.perf_counter() - start
-    summary["out_dir"] = os.path.abspath(out_dir)
+    summary.seconds = time.perf_counter() - start
+    summary.out_dir = os.path.abspath(out_dir)
     if verbose:
         print(format_summary(summary))
     return summary
@@ -172,52 +174,66 @@ def find_inputs(data_dir):
 # ----------------------------------------------------------------------------- IAM-OnDB
 
 def read_iam(inputs, split):
-    """All usable lines of the IAM-OnDB as dicts {line_id, split, offsets (raw), text}."""
-    summary = new_summary()
+    """All usable lines of the IAM-OnDB as dicts {line_id, split, offsets (raw), text}, and a Summary."""
+    summary = Summary()
     form_split, split_forms = assign_splits({name: inputs[name] for name in SPLIT_FILES}, split)
     transcriptions = read_transcriptions(inputs["ascii"], summary)
+    lines, max_line = read_stroke_files(inputs["strokes"], form_split, transcriptions, summary)
+    kept = paired_lines(lines, max_line, transcriptions, form_split, summary)
+    for name in SPLIT_FILES:
+        missing = [form for form in split_forms[name] if form not in max_line]
+        if missing:
+            summary.missing_forms[name] = len(missing)
+    return kept, summary
 
-    lines, forms_seen, max_line = [], set(), defaultdict(int)
-    parse_time = 0.0
-    for line_id, data in iter_stroke_files(inputs["strokes"]):
+
+def read_stroke_files(stroke_files, form_split, transcriptions, summary):
+    """The lines of the forms in a split, cleaned and paired with their text (None where the form's
+    transcription has no line k), and each form's highest line number k (form -> k)."""
+    lines, max_line = [], defaultdict(int)
+    for line_id, data in iter_stroke_files(stroke_files):
         match = re.fullmatch(r"(.+)-(\d+)", line_id)
         if match is None:
-            warn(summary, f"{line_id}.xml: file name is not <form>-<line number>.xml; skipped")
+            summary.warn(f"{line_id}.xml: file name is not <form>-<line number>.xml; skipped")
             continue
         form, k = match.group(1), int(match.group(2))
-        forms_seen.add(form)
         max_line[form] = max(max_line[form], k)
         which = form_split.get(form)
         if which is None:
-            summary["lines_in_no_split"] += 1
-            summary["forms_in_no_split"].add(form)
+            summary.lines_in_no_split += 1
+            summary.forms_in_no_split.add(form)
             continue
         if which == "unused":
-            summary["lines_unused_split"] += 1
+            summary.lines_unused_split += 1
             continue
         tic = time.perf_counter()
         try:
             strokes = parse_stroke_xml(data)
         except BadFile as e:
-            drop(summary, "malformed XML", which)
-            warn(summary, f"{line_id}.xml: {e}; skipped")
+            summary.drop("malformed XML", which)
+            summary.warn(f"{line_id}.xml: {e}; skipped")
             continue
         finally:
-            parse_time += time.perf_counter() - tic
-        offsets = clean_line(strokes, summary)
+            summary.parse_seconds += time.perf_counter() - tic
         form_lines = transcriptions.get(form)
         text = form_lines[k - 1] if form_lines is not None and 0 < k <= len(form_lines) else None
-        lines.append({"line_id": line_id, "form": form, "split": which, "offsets": offsets, "text": text})
-    summary["parse_seconds"] = parse_time
+        lines.append({"line_id": line_id, "form": form, "split": which, "offsets": clean_line(strokes, summary),
+                      "text": text})
+    return lines, max_line
 
-    # A form whose transcription has fewer CSR lines than stroke files cannot be paired line by
-    # line with confidence (a skipped line shifts all later ones): all its lines are dropped.
+
+def paired_lines(lines, max_line, transcriptions, form_split, summary):
+    """The lines that can be trusted: paired with their transcription line, and usable (check_line).
+
+    A form whose transcription has fewer CSR lines than stroke files cannot be paired line by
+    line with confidence (a skipped line shifts all later ones): all its lines are dropped.
+    """
     short_forms = {form for form, n in max_line.items()
                    if transcriptions.get(form) and n > len(transcriptions[form])}
     for form in sorted(short_forms):
         if form_split.get(form) in ("train", "validation"):
-            warn(summary, f"{form}.txt: {len(transcriptions[form])} CSR lines but stroke files up to "
-                          f"line {max_line[form]}; all lines of {form} skipped")
+            summary.warn(f"{form}.txt: {len(transcriptions[form])} CSR lines but stroke files up to "
+                         f"line {max_line[form]}; all lines of {form} skipped")
     kept, untranscribed = [], Counter()
     for line in lines:
         if line["form"] in short_forms:
@@ -228,17 +244,13 @@ def read_iam(inputs, split):
         else:
             reason = check_line(line["offsets"], line["text"])
         if reason:
-            drop(summary, reason, line["split"])
+            summary.drop(reason, line["split"])
         else:
             kept.append(line)
     for form, n in sorted(untranscribed.items()):
-        warn(summary, f"{form}: no CSR line for {n} stroke file(s) (no {form}.txt, or no transcription "
-                      "in it); skipped")
-    for name in SPLIT_FILES:
-        missing = [form for form in split_forms[name] if form not in forms_seen]
-        if missing:
-            summary["missing_forms"][name] = len(missing)
-    return kept, summary
+        summary.warn(f"{form}: no CSR line for {n} stroke file(s) (no {form}.txt, or no transcription "
+                     "in it); skipped")
+    return kept
 
 
 def read_split_file(path):
@@ -365,7 +377,7 @@ def read_transcriptions(path, summary=None):
         csr = csr_lines(data.decode("latin-1"))  # latin-1 decodes any byte: no file is lost to it
         if csr is None:
             if summary is not None:
-                warn(summary, f"{name}: no 'CSR:' section; its lines count as missing transcription")
+                summary.warn(f"{name}: no 'CSR:' section; its lines count as missing transcription")
             continue
         if csr:
             transcriptions[form] = untokenise_lines(csr)
@@ -562,9 +574,9 @@ def clean_line(strokes, summary=None):
     offsets, removed = remove_implausible_steps(_offsets(filled, stroke_ends))
     offsets, repeated = remove_repeated_points(offsets)
     if summary is not None:
-        summary["points_interpolated"] += len(filled) - len(points)
-        summary["steps_removed"] += removed
-        summary["repeated_points_removed"] += repeated
+        summary.points_interpolated += len(filled) - len(points)
+        summary.steps_removed += removed
+        summary.repeated_points_removed += repeated
     return offsets
 
 
@@ -622,7 +634,7 @@ def read_strokes_npy(strokes_path, sentences_path, validation_fraction=0.05):
     Row 0 is set to [eos, 0, 0] as for IAM input; in-stroke steps over MAX_STEP are removed.
     Texts are used as they are (they are not CSR-tokenised). No time stamps: no interpolation.
     """
-    summary = new_summary()
+    summary = Summary()
     for path in (strokes_path, sentences_path):
         if not os.path.exists(path):
             raise PreprocessingError(f"{path} does not exist (--strokes and --sentences name the "
@@ -649,8 +661,8 @@ def read_strokes_npy(strokes_path, sentences_path, validation_fraction=0.05):
         which = "train" if i < len(sequences) - n_validation else "validation"
         sequence = np.asarray(sequence, dtype=np.float64) if np.ndim(sequence) else np.zeros((0, 3))
         if sequence.ndim != 2 or sequence.shape[1] != 3:
-            drop(summary, "malformed sequence", which)
-            warn(summary, f"{strokes_path}: sequence {i} has shape {sequence.shape}, not (T, 3); skipped")
+            summary.drop("malformed sequence", which)
+            summary.warn(f"{strokes_path}: sequence {i} has shape {sequence.shape}, not (T, 3); skipped")
             continue
         offsets = sequence.astype(np.float32)
         offsets[:, 0] = offsets[:, 0] > 0.5
@@ -659,11 +671,11 @@ def read_strokes_npy(strokes_path, sentences_path, validation_fraction=0.05):
             offsets[0, 1:] = 0.0
         offsets, removed = remove_implausible_steps(offsets)
         offsets, repeated = remove_repeated_points(offsets)
-        summary["steps_removed"] += removed
-        summary["repeated_points_removed"] += repeated
+        summary.steps_removed += removed
+        summary.repeated_points_removed += repeated
         reason = check_line(offsets, text)
         if reason:
-            drop(summary, reason, which)
+            summary.drop(reason, which)
             continue
         lines.append({"line_id": f"strokes-{i:05d}", "split": which, "offsets": offsets, "text": text.strip()})
     return lines, summary
@@ -822,7 +834,7 @@ def read_ink_dir(folder, names, offset_std, validation_fraction=0.05):
     rescaled to the pace of data normalised with offset_std and ends with the pen lifted. The last
     validation_fraction of the files (at least one) is validation."""
     n_validation = max(1, int(round(len(names) * validation_fraction)))
-    summary, lines, pace = new_summary(), [], median_step(offset_std)
+    summary, lines, pace = Summary(), [], median_step(offset_std)
     for i, name in enumerate(names):
         which = "train" if i < len(names) - n_validation else "validation"
         path = os.path.join(folder, name)
@@ -832,17 +844,17 @@ def read_ink_dir(folder, names, offset_std, validation_fraction=0.05):
                 with open(os.path.splitext(path)[0] + ".txt", encoding="utf-8") as f:
                     text = f.read().strip()
         except (BadFile, OSError, UnicodeDecodeError) as e:
-            drop(summary, "unreadable file", which)
-            warn(summary, f"{e}; skipped")
+            summary.drop("unreadable file", which)
+            summary.warn(f"{e}; skipped")
             continue
         offsets, repeated = remove_repeated_points(offsets)
-        summary["repeated_points_removed"] += repeated
+        summary.repeated_points_removed += repeated
         offsets = rescale_to_pace(offsets, pace)
         offsets[-1, 0] = 1.0  # every line of the data ends with the pen lifted
         reason = check_line(offsets, text or "")
         if reason:
-            drop(summary, reason, which)
-            warn(summary, f"{path}: {reason}; skipped")
+            summary.drop(reason, which)
+            summary.warn(f"{path}: {reason}; skipped")
             continue
         lines.append({"line_id": os.path.splitext(name)[0], "split": which,
                       "offsets": offsets.astype(np.float32), "text": text.strip()})
@@ -882,13 +894,13 @@ def build_splits(lines, summary, normalisation=None):
                 "validation": [l for l in lines if l["split"] == "validation"]}
     if not by_split["train"]:
         raise PreprocessingError("No usable training line was found; nothing written. " + (
-            "Problems: " + "; ".join(summary["warnings"][:5]) if summary["warnings"] else ""))
+            "Problems: " + "; ".join(summary.warnings[:5]) if summary.warnings else ""))
     if normalisation is None:
         alphabet = dataset.ALPHABET
         mean, std = offset_stats([l["offsets"] for l in by_split["train"]])
     else:
         alphabet, mean, std = normalisation
-    summary["offset_mean"], summary["offset_std"] = mean, std
+    summary.offset_mean, summary.offset_std = mean, std
     characters, unknown = Counter(), Counter()
     result = []
     for which in ("train", "validation"):
@@ -905,61 +917,79 @@ def build_splits(lines, summary, normalisation=None):
             offset_mean=mean.astype(np.float32),
             offset_std=std.astype(np.float32)))
         lengths = np.array([len(l["offsets"]) for l in group])
-        summary["lines"][which] = len(group)
-        summary["points"][which] = (int(lengths.min()), float(np.median(lengths)), int(lengths.max()),
+        summary.lines[which] = len(group)
+        summary.points[which] = (int(lengths.min()), float(np.median(lengths)), int(lengths.max()),
                                     int(lengths.sum())) if len(group) else (0, 0.0, 0, 0)
-    summary["characters"], summary["unknown_characters"] = characters, unknown
+    summary.characters, summary.unknown_characters = characters, unknown
     return result[0], result[1]
 
 
-def new_summary():
-    return {"lines": {}, "points": {}, "dropped": Counter(), "dropped_by_split": defaultdict(Counter),
-            "missing_forms": {}, "lines_in_no_split": 0, "forms_in_no_split": set(),
-            "lines_unused_split": 0, "points_interpolated": 0, "steps_removed": 0, "repeated_points_removed": 0,
-            "warnings": []}
+@dataclass
+class Summary:
+    """What preprocessing read, kept and dropped, and why; format_summary prints it."""
+    lines: dict = field(default_factory=dict)    # split -> lines kept
+    points: dict = field(default_factory=dict)   # split -> (min, median, max, total) points per line
+    dropped: Counter = field(default_factory=Counter)  # reason -> lines dropped
+    dropped_by_split: defaultdict = field(default_factory=lambda: defaultdict(Counter))
+    missing_forms: dict = field(default_factory=dict)  # split file -> forms it names that the data lacks
+    lines_in_no_split: int = 0
+    forms_in_no_split: set = field(default_factory=set)
+    lines_unused_split: int = 0                  # lines of split files the chosen split leaves out
+    points_interpolated: int = 0
+    steps_removed: int = 0
+    repeated_points_removed: int = 0
+    warnings: list = field(default_factory=list)
+    # known once the splits are built and written
+    split: str = ""
+    offset_mean: Optional[np.ndarray] = None
+    offset_std: Optional[np.ndarray] = None
+    characters: Counter = field(default_factory=Counter)
+    unknown_characters: Counter = field(default_factory=Counter)
+    parse_seconds: float = 0.0
+    seconds_before_saving: float = 0.0
+    seconds: float = 0.0
+    out_dir: str = ""
 
+    def drop(self, reason, which):
+        self.dropped[reason] += 1
+        self.dropped_by_split[which][reason] += 1
 
-def drop(summary, reason, which):
-    summary["dropped"][reason] += 1
-    summary["dropped_by_split"][which][reason] += 1
-
-
-def warn(summary, message):
-    summary["warnings"].append(message)
+    def warn(self, message):
+        self.warnings.append(message)
 
 
 def format_summary(s):
-    out = [f"Preprocessed in {s['seconds']:.1f} s (XML parsing {s.get('parse_seconds', 0):.1f} s), "
-           f"split: {s['split']}; wrote {s['out_dir']}/train.npz and validation.npz"]
+    out = [f"Preprocessed in {s.seconds:.1f} s (XML parsing {s.parse_seconds:.1f} s), "
+           f"split: {s.split}; wrote {s.out_dir}/train.npz and validation.npz"]
     for which in ("train", "validation"):
-        lo, median, hi, total = s["points"][which]
-        dropped = sum(s["dropped_by_split"][which].values())
-        out.append(f"  {which:<10} {s['lines'][which]:6,d} lines kept, {dropped:,d} dropped; "
+        lo, median, hi, total = s.points[which]
+        dropped = sum(s.dropped_by_split[which].values())
+        out.append(f"  {which:<10} {s.lines[which]:6,d} lines kept, {dropped:,d} dropped; "
                    f"points per line min {lo} / median {median:.0f} / max {hi} ({total:,d} in all)")
-    out.append("  dropped: " + (", ".join(f"{r} {n}" for r, n in sorted(s["dropped"].items())) or "none"))
-    if s["missing_forms"]:
+    out.append("  dropped: " + (", ".join(f"{r} {n}" for r, n in sorted(s.dropped.items())) or "none"))
+    if s.missing_forms:
         out.append("  forms named by a split file but absent from the data (skipped): " +
-                   ", ".join(f"{name} {n}" for name, n in s["missing_forms"].items()))
-    if s["lines_in_no_split"]:
-        out.append(f"  lines in no split (not used): {s['lines_in_no_split']} "
-                   f"(forms {', '.join(sorted(s['forms_in_no_split']))})")
-    if s["lines_unused_split"]:
-        out.append(f"  lines of split files this split leaves out: {s['lines_unused_split']}")
-    out.append(f"  cleaning: {s['points_interpolated']:,d} points interpolated, "
-               f"{s['steps_removed']:,d} implausible steps and {s['repeated_points_removed']:,d} "
+                   ", ".join(f"{name} {n}" for name, n in s.missing_forms.items()))
+    if s.lines_in_no_split:
+        out.append(f"  lines in no split (not used): {s.lines_in_no_split} "
+                   f"(forms {', '.join(sorted(s.forms_in_no_split))})")
+    if s.lines_unused_split:
+        out.append(f"  lines of split files this split leaves out: {s.lines_unused_split}")
+    out.append(f"  cleaning: {s.points_interpolated:,d} points interpolated, "
+               f"{s.steps_removed:,d} implausible steps and {s.repeated_points_removed:,d} "
                "repeated points removed")
-    out.append(f"  offset mean (dx, dy) {np.round(s['offset_mean'], 3).tolist()}, "
-               f"std {np.round(s['offset_std'], 3).tolist()} (raw units, training split)")
-    chars = s["characters"]
+    out.append(f"  offset mean (dx, dy) {np.round(s.offset_mean, 3).tolist()}, "
+               f"std {np.round(s.offset_std, 3).tolist()} (raw units, training split)")
+    chars = s.characters
     common = ", ".join(f"{ch!r} {n}" for ch, n in chars.most_common(8))
     rare = ", ".join(f"{ch!r} {n}" for ch, n in sorted(chars.items(), key=lambda kv: (kv[1], kv[0])) if n <= 10)
     out.append(f"  characters: {len(chars)} distinct; most common {common}")
     out.append(f"  rare (<= 10 uses): {rare or 'none'}")
-    unknown = s["unknown_characters"]
+    unknown = s.unknown_characters
     out.append("  characters outside the alphabet, written as "
                f"{dataset.UNKNOWN_REPLACEMENT!r}: " +
                (", ".join(f"{ch!r} {n}" for ch, n in unknown.most_common()) if unknown else "none"))
-    for message in s["warnings"]:
+    for message in s.warnings:
         out.append(f"  warning: {message}")
     return "\n".join(out)
 

@@ -190,18 +190,18 @@ def test_remove_repeated_points():
 
 
 def test_clean_line_removes_a_repeated_reading():
-    summary = dp.new_summary()
+    summary = dp.Summary()
     stroke = np.array([[0, 0, 0.0], [10, 0, 0.015], [10, 0, 0.03], [10, 10, 0.045]])  # the pen rests once
     offsets = dp.clean_line([stroke], summary)
     np.testing.assert_array_equal(offsets, np.array([[0, 0, 0], [0, 10, 0], [1, 0, -10]], dtype=np.float32))
-    assert summary["repeated_points_removed"] == 1 and summary["points_interpolated"] == 0
+    assert summary.repeated_points_removed == 1 and summary.points_interpolated == 0
 
 
 def test_clean_line_interpolates_and_removes_glitch():
-    summary = dp.new_summary()
+    summary = dp.Summary()
     offsets = dp.clean_line([np.array(s, dtype=float) for s in LINE_C], summary)
     np.testing.assert_array_equal(offsets, np.array(OFFSETS_C, dtype=np.float32))
-    assert summary["points_interpolated"] == 1 and summary["steps_removed"] == 2
+    assert summary.points_interpolated == 1 and summary.steps_removed == 2
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -310,15 +310,15 @@ def check_fixture_output(out_dir, summary):
     # Texts: é is not in the alphabet and is written as a space.
     assert dataset.decode_text(train.text_codes[3]) == "caf  (2)"
     np.testing.assert_array_equal(train.text_codes[0], [dataset.ALPHABET.index(c) for c in "Mr. Foot's line,"])
-    assert summary["unknown_characters"] == Counter({"é": 1})
-    assert summary["dropped"] == Counter({"empty": 1, "fewer than 10 points": 1, "malformed XML": 1,
+    assert summary.unknown_characters == Counter({"é": 1})
+    assert summary.dropped == Counter({"empty": 1, "fewer than 10 points": 1, "malformed XML": 1,
                                           "transcription shorter than strokes": 2, "missing transcription": 1})
-    assert sum(summary["dropped_by_split"]["validation"].values()) == 0
-    assert summary["missing_forms"] == {"testset_f.txt": 1}
-    assert summary["lines_in_no_split"] == 1 and summary["forms_in_no_split"] == {"z00-001"}
-    assert summary["lines"] == {"train": 4, "validation": 1}
-    assert summary["points_interpolated"] == 1 and summary["steps_removed"] == 2
-    warnings = "\n".join(summary["warnings"])
+    assert sum(summary.dropped_by_split["validation"].values()) == 0
+    assert summary.missing_forms == {"testset_f.txt": 1}
+    assert summary.lines_in_no_split == 1 and summary.forms_in_no_split == {"z00-001"}
+    assert summary.lines == {"train": 4, "validation": 1}
+    assert summary.points_interpolated == 1 and summary.steps_removed == 2
+    warnings = "\n".join(summary.warnings)
     assert "d04-010-03.xml: malformed XML" in warnings
     assert "e05-000.txt: 1 CSR lines but stroke files up to line 2" in warnings
     return train, validation
@@ -355,8 +355,8 @@ def test_non_finite_and_glitch_coordinates_drop_their_line_not_the_statistics(ia
     write(iam / "ascii" / form_folder("g07-000") / "g07-000.txt", ascii_text(["not a number", "far away"]))
     write(iam / "trainset.txt", (iam / "trainset.txt").read_text() + " g07-000\n")
     summary = dp.preprocess(iam, tmp_path / "out", verbose=False)
-    assert summary["dropped"]["non-finite coordinates"] == 1
-    assert summary["dropped"]["a pen movement over 1000 times the median step"] == 1
+    assert summary.dropped["non-finite coordinates"] == 1
+    assert summary.dropped["a pen movement over 1000 times the median step"] == 1
     train = dataset.load_data(tmp_path / "out" / "train.npz")
     assert train.line_ids == TRAIN_IDS
     rows = np.concatenate([np.array(o, dtype=np.float64)[:, 1:] for o in TRAIN_OFFSETS])
@@ -382,7 +382,7 @@ def test_official_split(iam, tmp_path):
     summary = dp.preprocess(iam, tmp_path / "out", split="official", verbose=False)
     train = dataset.load_data(tmp_path / "out" / "train.npz")
     assert train.line_ids == ["a01-000u-01", "a01-000u-02"]
-    assert summary["lines_unused_split"] == 2  # b02-003-01 (testset_t), c03-000-01 (testset_f)
+    assert summary.lines_unused_split == 2  # b02-003-01 (testset_t), c03-000-01 (testset_f)
 
 
 def test_main_defaults_to_data_folder(tmp_path, monkeypatch):
@@ -470,7 +470,7 @@ def test_strokes_npy_input(tmp_path):
     for i in range(2):
         np.testing.assert_allclose(raw_offsets(train, i), expected[i], atol=1e-4)
     np.testing.assert_allclose(raw_offsets(validation, 0), [[0, 0, 0]] + [[0, 1, 1]] * 9 + [[1, 1, 1]], atol=1e-4)
-    assert summary["steps_removed"] == 1
+    assert summary.steps_removed == 1
 
 
 def test_a_strokes_npy_that_would_run_code_is_refused_not_run(tmp_path):
@@ -514,13 +514,13 @@ def test_real_iam_ondb(tmp_path):
     # README counts: trainset 5,364 + testset_t 1,518 + testset_f 3,506 (present) = 10,388 lines;
     # a08-551z (trainset, 9 stroke files, 8 CSR lines) is the only form dropped; every other
     # line has >= 31 points and a transcription.
-    assert summary["dropped"] == Counter({"transcription shorter than strokes": 9})
-    assert summary["lines"] == {"train": 5364 + 1518 + 3506 - 9, "validation": 1438}
-    assert summary["missing_forms"] == {"testset_f.txt": 48}
+    assert summary.dropped == Counter({"transcription shorter than strokes": 9})
+    assert summary.lines == {"train": 5364 + 1518 + 3506 - 9, "validation": 1438}
+    assert summary.missing_forms == {"testset_f.txt": 48}
     # z00-001 (1 line), z01-000 (7), z01-000z (8) are in no split.
-    assert summary["forms_in_no_split"] == {"z00-001", "z01-000", "z01-000z"}
-    assert summary["lines_in_no_split"] == 16
-    assert summary["unknown_characters"] == Counter()
+    assert summary.forms_in_no_split == {"z00-001", "z01-000", "z01-000z"}
+    assert summary.lines_in_no_split == 16
+    assert summary.unknown_characters == Counter()
 
     train = dataset.load_data(tmp_path / "train.npz")
     assert not any(i.startswith("a08-551z") for i in train.line_ids)
@@ -564,7 +564,7 @@ def test_own_lines_become_a_split_normalised_like_the_checkpoint(tmp_path):
     train = dataset.load_data(tmp_path / "out" / "train.npz")
     validation = dataset.load_data(tmp_path / "out" / "validation.npz")
     assert train.texts == ["first", "second"] and validation.texts == ["third"]  # by file name; broken sorts first
-    assert summary["dropped"] == Counter({"unreadable file": 1})
+    assert summary.dropped == Counter({"unreadable file": 1})
     np.testing.assert_allclose(train.offset_mean, [0.5, -0.2]) and np.testing.assert_allclose(train.offset_std, [2, 3])
     scale = 0.46 * np.sqrt(6.0) / 10.0
     expected = [[0, 0, 0]] + [[0, 10, 0]] * 6 + [[1, 10, 0], [0, 30, -20], [0, 0, -5], [0, 0, -5], [1, 0, -5]]
