@@ -230,7 +230,6 @@ def start(args, run, model, optimizer, train_data, ranks):
         model.load_state_dict(saved["model"])
         progress = Progress(epoch=saved.get("epoch", 0), step=saved.get("step", 0),
                             warmup_from=saved.get("step", 0), history=list(saved.get("history", [])),
-                            best_validation=saved.get("best_validation", math.inf),
                             cpu_seconds=saved.get("cpu_seconds", 0.0), ranks=ranks.size,
                             warmup_steps=100 if args.warmup_steps is None else args.warmup_steps)
         print(f"initialised from {args.init_from}: epoch {progress.epoch + 1}, step {progress.step}")

@@ -318,6 +318,19 @@ def test_init_from_loads_the_weights_with_a_fresh_optimizer_and_a_warm_up(tmp_pa
     assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-2 * 0.5 * 2 / 4, rel=1e-12)
 
 
+def test_init_from_starts_its_own_best(tmp_path, data_dir):
+    """The source's best validation NLL may be on other data (fine-tuning, re-made arrays): the new
+    run's _best.pt is the best of its own epochs, so its first epoch always writes one."""
+    run(data_dir, tmp_path / "a", "rand_write", "--num_epochs", "1")
+    saved = torch.load(tmp_path / "a" / "rand_write_best.pt", weights_only=False)
+    saved["best_validation"] = -1e9  # unbeatable on this data
+    torch.save(saved, tmp_path / "source.pt")
+    _, progress = run(data_dir, tmp_path / "b", "rand_write", "--init_from", str(tmp_path / "source.pt"),
+                      "--num_epochs", "2")
+    best = torch.load(tmp_path / "b" / "rand_write_best.pt", weights_only=False)
+    assert best["epoch"] == 2 and progress.best_validation == progress.history[-1]["validation_nats_per_sequence"]
+
+
 def test_init_from_a_checkpoint_of_older_code_logs_both_epochs(tmp_path, data_dir):
     """A history record written before a column existed (cpu_hours) goes on into the log."""
     run(data_dir, tmp_path / "a", "rand_write", "--num_epochs", "1")
