@@ -189,7 +189,8 @@ def primed_nll(model, data, prime, line):
 def fidelity(writer, data, writers=20, lines_per_writer=3, bias=1.0, seed=0):
     """How much a prime makes the model write like its writer. For each of `writers` validation
     forms (one writer each, drawn with numpy seed 0), line 1 primes; up to `lines_per_writer` other
-    lines are written primed and unprimed (their texts), and their likelihood is taken both ways.
+    lines are written primed and unprimed (their texts), and their likelihood is taken both ways, and
+    after a line of the next chosen writer instead (the control: what priming does without the hand).
     Returns rows of (statistic, mean |unprimed - real|, mean |primed - real|) over the writers, the
     real value being the mean over the writer's held-out lines."""
     from generate import Prime
@@ -199,9 +200,10 @@ def fidelity(writer, data, writers=20, lines_per_writer=3, bias=1.0, seed=0):
         forms.setdefault(line_id.rsplit("-", 1)[0], []).append(i)
     chosen = np.random.default_rng(0).choice(sorted(forms), min(writers, len(forms)), replace=False)
     errors = {"unprimed": [], "primed": []}
-    nll = {"unprimed": 0.0, "primed": 0.0, "lines": 0}
+    nll = {"unprimed": 0.0, "primed": 0.0, "other": 0.0, "lines": 0}
     for number, form in enumerate(chosen):
         prime_index, *held_out = forms[form]
+        other_prime = forms[chosen[(number + 1) % len(chosen)]][0]  # the next writer's line 1: the control
         held_out = held_out[:lines_per_writer]
         texts = [data.texts[i] for i in held_out]
         to_pen = lambda o: o.astype(np.float64) * np.r_[1.0, data.offset_std] + np.r_[0.0, data.offset_mean]
@@ -215,10 +217,13 @@ def fidelity(writer, data, writers=20, lines_per_writer=3, bias=1.0, seed=0):
                                  for k in real})
         for i in held_out:
             primed, alone = primed_nll(writer.model, data, prime_index, i)
-            nll["primed"], nll["unprimed"], nll["lines"] = nll["primed"] + primed, nll["unprimed"] + alone, nll["lines"] + 1
+            other, _ = primed_nll(writer.model, data, other_prime, i)
+            for key, value in [("primed", primed), ("unprimed", alone), ("other", other), ("lines", 1)]:
+                nll[key] += value
     rows = [(k, np.mean([e[k] for e in errors["unprimed"]]), np.mean([e[k] for e in errors["primed"]]))
             for k in errors["primed"][0]]
     rows.append(("NLL of the held-out lines, nats per line", nll["unprimed"] / nll["lines"], nll["primed"] / nll["lines"]))
+    rows.append(("the same, primed by another writer's line", nll["unprimed"] / nll["lines"], nll["other"] / nll["lines"]))
     return rows
 
 

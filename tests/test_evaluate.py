@@ -1,6 +1,7 @@
 """evaluate.py: the character error rate against hand-worked strings, the rendering the reader sees,
 and the judge end to end on a tiny checkpoint (with a stand-in reader where Tesseract is absent)."""
 import csv
+import dataclasses
 import os
 
 import numpy as np
@@ -205,7 +206,15 @@ def test_fidelity_reports_each_statistic_unprimed_and_primed(tiny):
     data = dataset.load_data(os.path.join(data_dir, "validation.npz"))  # ids line-0 ... : one "form"
     rows = evaluate.fidelity(Writer.load(path), data, writers=20, lines_per_writer=2)
     assert [r[0] for r in rows] == ["width per character", "height", "slant", "strokes per character",
-                                    "NLL of the held-out lines, nats per line"]
+                                    "NLL of the held-out lines, nats per line",
+                                    "the same, primed by another writer's line"]
     assert all(np.isfinite(r[1]) and np.isfinite(r[2]) for r in rows)
-    expected = np.mean([evaluate.primed_nll(Writer.load(path).model, data, 0, i) for i in (1, 2)], axis=0)
-    assert rows[-1][1:] == pytest.approx((expected[1], expected[0]))
+    model = Writer.load(path).model
+    expected = np.mean([evaluate.primed_nll(model, data, 0, i) for i in (1, 2)], axis=0)
+    assert rows[-2][1:] == pytest.approx((expected[1], expected[0]))
+    # two writers: each one's held-out lines are also read after the other's line 1
+    two = dataclasses.replace(data, line_ids=[f"{'ab'[i % 2]}-{i}" for i in range(len(data))])
+    rows = evaluate.fidelity(Writer.load(path), two, writers=2, lines_per_writer=1)
+    # form a holds lines 0, 2, ...; form b lines 1, 3, ...: a's line 2 after b's line 1, b's line 3 after a's line 0
+    other = np.mean([evaluate.primed_nll(model, two, 1, 2)[0], evaluate.primed_nll(model, two, 0, 3)[0]])
+    assert rows[-1][2] == pytest.approx(other)
