@@ -23,7 +23,7 @@ cap (--max_points_per_char per character) stops a line that never gets there, wi
 
 Style (section 5.5): --prime FILE (an IAM-OnDB line XML, InkML or JSON) or --prime_line LINE_ID
 (a line of the processed data) is read by the network before it writes, so that it writes on in
-that hand. Pages: --width N word-wraps the texts into lines of at most N characters and writes them
+that hand; several --prime_line write the texts once in each hand (--show_primes draws the primes). Pages: --width N word-wraps the texts into lines of at most N characters and writes them
 one below the other in one style (Writer.write_page).
 
     python generate.py --prime a01-000u-01.xml --prime_text "A MOVE to stop Mr. Gaitskell" --text "in my hand"
@@ -333,9 +333,11 @@ def parse_args(argv=None):
                         "(lineStrokes/...xml, with --prime_text), InkML or JSON "
                         '{"text": ..., "strokes": [[[x, y], ...], ...]} (y down)')
     p.add_argument("--prime_text", help="what --prime says (wins over the text the file holds)")
-    p.add_argument("--prime_line", metavar="LINE_ID",
+    p.add_argument("--prime_line", metavar="LINE_ID", action="append",
                    help="prime with a line of the processed data, e.g. a01-003-01 (DATA_DIR/validation.npz "
-                        "or train.npz)")
+                        "or train.npz); repeat to write the texts once in each of several hands")
+    p.add_argument("--show_primes", action="store_true",
+                   help="draw each prime, as the network reads it, above the lines written in its hand")
     p.add_argument("--data_dir", default="data", help="where --prime_line looks")
     p.add_argument("--num_samples", type=int, default=4, help="lines to draw (rand_write)")
     p.add_argument("--length", type=int, default=700, help="points per line (rand_write)")
@@ -364,6 +366,10 @@ def parse_args(argv=None):
         p.error("--prime and --prime_line both name a prime: give one")
     if args.prime_text is not None and not args.prime:
         p.error("--prime_text says what the --prime file says: give --prime FILE")
+    if args.show_primes and not (args.prime or args.prime_line):
+        p.error("--show_primes draws the primes: give --prime FILE or --prime_line LINE_ID")
+    if args.width is not None and args.prime_line and len(args.prime_line) > 1:
+        p.error("a page (--width) is written in one hand: give one --prime_line")
     if args.width is not None:
         if args.width < 1:
             p.error("--width must be >= 1 (characters per line)")
@@ -405,16 +411,27 @@ def read_texts(p, args):
     return texts
 
 
-def read_prime(args):
-    """The prime that --prime or --prime_line names, or None; a bad one stops with one line."""
+def read_primes(args):
+    """The primes that --prime or --prime_line name (a list, maybe empty); a bad one stops with one line."""
     try:
         if args.prime:
-            return Prime.read(args.prime, args.prime_text)
-        if args.prime_line:
-            return Prime.from_data(args.prime_line, args.data_dir)
+            return [Prime.read(args.prime, args.prime_text)]
+        return [Prime.from_data(line_id, args.data_dir) for line_id in args.prime_line or []]
     except (PrimeError, FileNotFoundError) as e:
         raise SystemExit(str(e))
-    return None
+
+
+def with_primes(writing, primes, writer):
+    """For drawing: each prime, as the network reads it (rescaled to the data's pace), above the
+    lines written in its hand, which follow one another in the order of `primes`."""
+    per_prime = len(writing.lines) // len(primes)
+    lines, texts = [], []
+    for i, prime in enumerate(primes):
+        lines.append(writer.to_pen_units(writer.prime_offsets(prime).numpy()))
+        texts.append(f"prime: {prime.text}")
+        lines += writing.lines[i * per_prime:(i + 1) * per_prime]
+        texts += writing.texts[i * per_prime:(i + 1) * per_prime]
+    return Writing(lines, writing.seed, texts)
 
 
 def why_unwritable(path, error):
@@ -429,7 +446,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    prime = read_prime(args)
+    primes = read_primes(args)
     try:
         writer = Writer.load(args.checkpoint, args.device)
     except (FileNotFoundError, checkpoint.CheckpointError) as e:
@@ -439,9 +456,13 @@ def main(argv=None):
 
     started = time.time()
     if args.width:
-        writing = writer.write_page(args.texts, args.bias, args.seed, args.max_points_per_char, prime)
+        writing = writer.write_page(args.texts, args.bias, args.seed, args.max_points_per_char,
+                                    primes[0] if primes else None)
     elif args.task == "synthesis":
-        writing = writer.write(args.texts, args.bias, args.seed, args.max_points_per_char, prime)
+        # several hands: every text once in each, hand after hand, all in one batch
+        texts = [text for _ in primes for text in args.texts] if primes else args.texts
+        hands = [prime for prime in primes for _ in args.texts] if primes else None
+        writing = writer.write(texts, args.bias, args.seed, args.max_points_per_char, hands)
     else:
         writing = writer.sample(args.num_samples, args.length, args.bias, args.seed)
     print(f"{len(writing.lines)} line(s), {sum(len(l) for l in writing.lines)} points in "
@@ -451,7 +472,8 @@ def main(argv=None):
         print(f"page line(s) {stalled} stalled: words may be missing" if stalled
               else "every line of the page was written to its end")
 
-    for path, save in [(args.out, lambda p: writing.save(p, label=args.label)),
+    drawing = with_primes(writing, primes, writer) if args.show_primes else writing
+    for path, save in [(args.out, lambda p: drawing.save(p, label=args.label)),
                        (args.strokes_out, writing.save_strokes), (args.attention_out, writing.save_attention)]:
         if path:
             try:

@@ -380,3 +380,43 @@ def test_priming_and_page_options_are_checked(flags, error, capsys):
     with pytest.raises(SystemExit) as exit:
         generate.parse_args(["--text", "ab", *flags])
     assert exit.value.code == 2 and error in capsys.readouterr().err
+
+
+def test_several_prime_lines_write_the_texts_once_in_each_hand(checkpoint_path, writer, tmp_path):
+    data_dir, strokes_out = write_data_dir(tmp_path / "data"), tmp_path / "hands.npz"
+    generate.main(["--checkpoint", checkpoint_path, "--prime_line", "line-2", "--prime_line", "line-0",
+                   "--data_dir", data_dir, "--text", "ab", "--text", "ca", "--seed", "3",
+                   "--max_points_per_char", "10", "--out", str(tmp_path / "hands.svg"),
+                   "--strokes_out", str(strokes_out)])
+    hands = [Prime.from_data(line_id, data_dir) for line_id in ("line-2", "line-2", "line-0", "line-0")]
+    writing = writer.write(["ab", "ca", "ab", "ca"], 0.0, 3, 10, prime=hands)
+    with np.load(strokes_out) as saved:
+        assert list(saved["texts"]) == ["ab", "ca", "ab", "ca"]
+        for i, line in enumerate(writing.lines):
+            np.testing.assert_array_equal(saved[f"line_{i}"], line.astype(np.float32))
+
+
+def test_show_primes_puts_each_prime_as_read_above_its_lines(writer, tmp_path):
+    data_dir = write_data_dir(tmp_path / "data")
+    primes = [Prime.from_data("line-2", data_dir), Prime.from_data("line-0", data_dir)]
+    writing = writer.write(["ab", "ab"], 0.0, 3, 10, prime=primes)
+    shown = generate.with_primes(writing, primes, writer)
+    assert shown.texts == [f"prime: {primes[0].text}", "ab", f"prime: {primes[1].text}", "ab"]
+    assert shown.lines[1] is writing.lines[0] and shown.lines[3] is writing.lines[1]
+    for prime, drawn in zip(primes, shown.lines[::2]):
+        # the prime as the network reads it: the same steps, all scaled by one factor (to the data's pace)
+        steps, _ = data_preprocessing.remove_repeated_points(prime.offsets)
+        scale = np.linalg.norm(drawn[:, 1:]) / np.linalg.norm(steps[:, 1:])
+        np.testing.assert_allclose(drawn[:, 1:], scale * steps[:, 1:], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(drawn[:-1, 0], steps[:-1, 0])
+        assert drawn[-1, 0] == 1
+
+
+@pytest.mark.parametrize("flags, error", [
+    (["--show_primes"], "--show_primes draws the primes"),
+    (["--width", "10", "--prime_line", "a", "--prime_line", "b"], "written in one hand"),
+])
+def test_several_hands_options_are_checked(flags, error, capsys):
+    with pytest.raises(SystemExit) as exit:
+        generate.parse_args(["--text", "ab", *flags])
+    assert exit.value.code == 2 and error in capsys.readouterr().err
