@@ -30,10 +30,11 @@ import torch.nn.functional as F
 
 import checkpoint
 import dataset
+import model as model_module
 from dataset import collate, make_batches
 from evaluate import dataset_nll
-from model import (HandwritingModel, ModelConfig, autocast, point_nll, sequence_nll, split_mixture, uses_bf16,
-                   window_weights)
+from model import (GenerationStep, HandwritingModel, ModelConfig, autocast, point_nll, sequence_nll,
+                   split_mixture, uses_bf16, window_weights)
 from train import add_shared_arguments
 
 
@@ -265,22 +266,55 @@ def time_both(config, data, args):
           f"{results['ours'] * flops / roof:.0%} of the roof, the seed {results['seed'] * flops / 1e9:.1f} GFLOP/s")
 
 
+class ForwardStep:
+    """The baseline for sampling: each point through the whole forward(), one time step long (what
+    generation did before model.GenerationStep), with oneDNN off for nn.LSTM, which would repack
+    its weights at every one-step call; the window is read one position past the text by hand."""
+
+    def __init__(self, model, text=None, text_mask=None):
+        self.model, self.text, self.text_mask = model, text, text_mask
+        self.lengths = None if text_mask is None else text_mask.sum(1).long().unsqueeze(1)
+
+    def __call__(self, x, state):
+        kappa_prev, mkldnn = state.kappa, torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+        try:
+            y, state, phi = self.model(x[:, None], self.text, self.text_mask, state=state,
+                                       return_phi=self.text is not None)
+        finally:
+            torch.backends.mkldnn.enabled = mkldnn
+        if self.text is None:
+            return y[:, 0], state, None, None
+        alpha_hat, beta_hat, kappa_hat = self.model.window_layer(state.h1).chunk(3, dim=1)
+        past_text = torch.ones(x.shape[0], self.text.shape[1] + 1)
+        phi_all, _ = window_weights(alpha_hat, beta_hat, kappa_hat, kappa_prev, past_text)
+        return y[:, 0], state, phi[:, 0], phi_all.gather(1, self.lengths).squeeze(1)
+
+
 def time_sampling(path, text="The quick brown fox jumps over lazy dogs", repeats=3):
-    """Seconds to write one line of `text` (40 characters), and per line in a batch of ten."""
+    """Seconds to write one line of `text` (40 characters), and per line in a batch of ten, with
+    model.GenerationStep and with the baseline ForwardStep (the same strokes, to rounding)."""
     from generate import Writer
 
     writer = Writer.load(path)
-    print(f"sampling with {path}, cpu, {torch.get_num_threads()} thread(s)")
+    print(f"sampling with {path}, cpu, {torch.get_num_threads()} thread(s), bias 1, best of {repeats}")
     for lines in [1, 10]:
-        seconds, points = [], 0
-        for seed in range(repeats):
-            started = time.perf_counter()
-            writing = writer.write([text] * lines, bias=1.0, seed=seed)
-            seconds.append(time.perf_counter() - started)
-            points += sum(len(line) for line in writing.lines)
-        best = min(seconds)
-        print(f"{lines:2d} line(s) of {len(text)} characters: {best:.2f} s (best of {repeats}), "
-              f"{best / lines:.3f} s per line, {points / repeats / lines:.0f} points per line")
+        best = {}
+        for name, step in [("forward() per point", ForwardStep), ("ours", model_module.GenerationStep)]:
+            seconds, points = [], 0
+            for seed in range(repeats):
+                model_module.GenerationStep = step  # what HandwritingModel.generate steps with
+                try:
+                    started = time.perf_counter()
+                    writing = writer.write([text] * lines, bias=1.0, seed=seed)
+                    seconds.append(time.perf_counter() - started)
+                finally:
+                    model_module.GenerationStep = GenerationStep
+                points += sum(len(line) for line in writing.lines)
+            best[name] = min(seconds)
+            print(f"  {name:20s} {lines:2d} line(s) of {len(text)} characters: {best[name]:.2f} s, "
+                  f"{best[name] / lines:.3f} s per line, {points / repeats / lines:.0f} points per line")
+        print(f"  ratio {best['forward() per point'] / best['ours']:.2f}x")
 
 
 def validation_subset(args):

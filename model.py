@@ -23,7 +23,6 @@ the normalisation that a checkpoint carries).
 """
 import functools
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
@@ -294,30 +293,28 @@ class HandwritingModel(nn.Module):
         else:
             caps = torch.full((B,), length - 1, device=device)
         if prime is None:
-            x, state = start.to(device, dtype).reshape(B, 1, 3), self.initial_state(B, device)
+            x, state = start.to(device, dtype).reshape(B, 3), self.initial_state(B, device)
         else:
             prime = [torch.as_tensor(p).to(device, dtype) for p in prime]
-            x, state = torch.stack([p[-1:] for p in prime]), self._read_primes(prime, text, text_mask)
-        points, phis = [x[:, 0]], []
+            x, state = torch.stack([p[-1] for p in prime]), self._read_primes(prime, text, text_mask)
+        points, phis = [x], []
         steps = torch.zeros(B, dtype=torch.int64, device=device)  # points generated per line
         done = torch.zeros(B, dtype=torch.bool, device=device)
         capped = torch.zeros(B, dtype=torch.bool, device=device)
-        with one_step_lstm():
-            while not done.all():
-                kappa_prev = state.kappa
-                y, state, phi = self(x, text, text_mask, state=state, return_phi=synthesis)
-                if synthesis:
-                    # phi(t, .) was computed after reading point t and decides point t+1: if the
-                    # window has moved past the text, the line ends here, without that point
-                    phi = phi[:, 0]
-                    done |= finished(phi, self.phi_after_text(state.h1, kappa_prev, lengths))
-                    phis.append(phi)
-                x = sample_mixture(split_mixture(y[:, 0], bias), generator).unsqueeze(1)
-                points.append(x[:, 0])
-                steps += ~done
-                reached_cap = ~done & (steps >= caps)
-                capped |= reached_cap & synthesis
-                done |= reached_cap
+        step = GenerationStep(self, text, text_mask)
+        while not done.all():
+            y, state, phi, phi_after = step(x, state)
+            if synthesis:
+                # phi(t, .) was computed after reading point t and decides point t+1: if the
+                # window has moved past the text, the line ends here, without that point
+                done |= finished(phi, phi_after)
+                phis.append(phi)
+            x = sample_mixture(split_mixture(y, bias), generator)
+            points.append(x)
+            steps += ~done
+            reached_cap = ~done & (steps >= caps)
+            capped |= reached_cap & synthesis
+            done |= reached_cap
         offsets = torch.stack(points, dim=1).float().cpu().numpy()
         steps = steps.tolist()
         lines = [offsets[b, :steps[b] + 1] for b in range(B)]
@@ -340,22 +337,6 @@ class HandwritingModel(nn.Module):
             states.append(state)
         return State(*(torch.cat(parts) for parts in zip(*states)))
 
-    def phi_after_text(self, h1, kappa_prev, lengths):
-        """phi(t, U_b) for each line b: the window's weight on the position just past its text."""
-        phi = self.window_at(h1, kappa_prev, int(lengths.max()) + 1)
-        return phi.gather(1, lengths.unsqueeze(1)).squeeze(1)
-
-    def window_at(self, h1, kappa_prev, num_positions):
-        """phi (B, num_positions): the window that layer 1's output h1 (B, H) puts on text positions
-        0 .. num_positions-1, with no mask, from the previous positions kappa_prev (B, K).
-
-        Generation reads it one position past the text for Graves' stopping rule; forward() masks
-        that position to zero.
-        """
-        alpha_hat, beta_hat, kappa_hat = self.window_layer(h1).chunk(3, dim=-1)
-        all_positions = torch.ones(h1.shape[0], num_positions, dtype=h1.dtype, device=h1.device)
-        return window_weights(alpha_hat, beta_hat, kappa_hat, kappa_prev, all_positions)[0]
-
     def _layer1_with_window(self, offsets, text, text_mask, state, return_phi):
         """The recurrence of the synthesis model: LSTM layer 1 and the window, step by step."""
         if text is None or text_mask is None:
@@ -373,6 +354,71 @@ class HandwritingModel(nn.Module):
         return h1, c1, kappa, windows, (phi if return_phi else None)
 
 
+class GenerationStep:
+    """One point of generation: the network's step from the last point, as forward() computes it
+    (tests/test_generate.py holds the two together), in fewer and larger operations.
+
+    Sampling is a chain of single steps of a small batch, where each operation's fixed cost, not
+    its arithmetic, sets the pace: forward() would take ten matrix products and some sixty small
+    operations a step. Here each LSTM layer's gates come from one product over its inputs joined
+    ([x, h1, w] for layer 1, [x, h1, w, h2] for layer 2, the weights packed once, gates ordered
+    (i, f, o, g) so that one sigmoid covers three), and the window is read once, one position
+    past the text too, for Graves' stopping rule (the position forward() masks to zero).
+    """
+
+    def __init__(self, model, text=None, text_mask=None):
+        H = model.config.cell_size
+        self.model, self.synthesis = model, model.config.task == "synthesis"
+        to_ifog = torch.cat([torch.arange(2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)])
+        lstm2 = model.layer2
+        # layer 2's inputs [x, h1, (w)] then h2; nn.LSTM orders its gates (i, f, g, o)
+        self.weight2 = torch.cat([lstm2.weight_ih_l0, lstm2.weight_hh_l0], 1)[to_ifog].t().contiguous()
+        self.bias2 = (lstm2.bias_ih_l0 + lstm2.bias_hh_l0)[to_ifog]
+        if self.synthesis:  # inputs [x, h1, w], gates already (i, f, o, g)
+            self.weight1 = torch.cat([model.layer1_input.weight, model.layer1_recurrent.weight], 1).t().contiguous()
+            self.bias1 = model.layer1_input.bias
+            self.one_hot = F.one_hot(text, model.window_size).to(self.weight1.dtype)  # (B, U, A)
+            self.text_mask = text_mask.to(self.weight1.dtype)
+            self.lengths = text_mask.sum(1).long().unsqueeze(1)  # (B, 1): the position past each text
+            # every position, one past the longest text included, unmasked
+            self.all_positions = torch.ones(text.shape[0], text.shape[1] + 1, dtype=self.weight1.dtype,
+                                            device=text.device)
+        else:
+            lstm1 = model.layer1
+            self.weight1 = torch.cat([lstm1.weight_ih_l0, lstm1.weight_hh_l0], 1)[to_ifog].t().contiguous()
+            self.bias1 = (lstm1.bias_ih_l0 + lstm1.bias_hh_l0)[to_ifog]
+
+    @staticmethod
+    def lstm_cell(gates, c):
+        """h, c from the gate pre-activations (B, 4H), ordered (i, f, o, g)."""
+        H = c.shape[1]
+        i, f, o = torch.sigmoid(gates[:, :3 * H]).chunk(3, dim=1)
+        c = torch.addcmul(f * c, i, torch.tanh(gates[:, 3 * H:]))
+        return o * torch.tanh(c), c
+
+    def __call__(self, x, state):
+        """From point x (B, 3) and the state after the points before it: the raw output y (B, 6M+1)
+        that predicts the next point, the new State, and for synthesis phi (B, U), the window that
+        fed this step, and phi_after (B,), its weight one position past each line's text."""
+        model, phi = self.model, None
+        if self.synthesis:
+            h1, c1 = self.lstm_cell(torch.addmm(self.bias1, torch.cat([x, state.h1, state.window], 1),
+                                                self.weight1), state.c1)
+            alpha_hat, beta_hat, kappa_hat = model.window_layer(h1).chunk(3, dim=1)
+            phi_all, kappa = window_weights(alpha_hat, beta_hat, kappa_hat, state.kappa, self.all_positions)
+            phi = phi_all[:, :-1] * self.text_mask
+            phi_after = phi_all.gather(1, self.lengths).squeeze(1)
+            window = torch.bmm(phi.unsqueeze(1), self.one_hot).squeeze(1)
+            layer2_input = torch.cat([x, h1, window, state.h2], 1)
+        else:
+            h1, c1 = self.lstm_cell(torch.addmm(self.bias1, torch.cat([x, state.h1], 1), self.weight1), state.c1)
+            kappa = window = phi_after = None
+            layer2_input = torch.cat([x, h1, state.h2], 1)
+        h2, c2 = self.lstm_cell(torch.addmm(self.bias2, layer2_input, self.weight2), state.c2)
+        y = model.output_layer(torch.cat([h1, h2], 1))
+        return y, State(h1, c1, h2, c2, kappa, window), phi, phi_after
+
+
 def finished(phi_text, phi_after):
     """Graves' stopping rule: phi of the position after the text beats phi of every real character.
 
@@ -381,21 +427,6 @@ def finished(phi_text, phi_after):
     Returns (B,) bool.
     """
     return phi_after > phi_text.max(dim=-1).values
-
-
-@contextmanager
-def one_step_lstm():
-    """Context for stepping nn.LSTM one point at a time on a CPU.
-
-    The oneDNN (mkldnn) LSTM kernel repacks its weights at every call: for one time step that
-    takes several times longer than the step itself, so the plain kernel is used instead.
-    """
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = previous
 
 
 # ----------------------------------------------------------------------------- layer 1 and the window

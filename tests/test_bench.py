@@ -1,6 +1,7 @@
 """bench.py: its baseline (the seed's formulation) computes what our model computes, and its command line."""
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -218,12 +219,31 @@ def test_sampling_timing_writes_and_reports_per_line(tmp_path, capsys):
     import re
 
     import bench
+    import model
     from fixtures import train_tiny
 
     checkpoint = train_tiny(tmp_path, "synthesis", "--max_steps", "1").replace("_best", "_last")
     bench.time_sampling(checkpoint, text="abcd", repeats=2)  # what bench.py --sampling runs, made short
     out = capsys.readouterr().out
-    one, ten = (re.search(rf"{n:2d} line\(s\) of 4 characters: ([\d.]+) s \(best of 2\), ([\d.]+) s per line", out)
-                for n in [1, 10])
-    assert one and ten, out
-    assert float(ten.group(2)) == pytest.approx(float(ten.group(1)) / 10, abs=0.001)
+    for name in [r"forward\(\) per point", "ours"]:
+        one, ten = (re.search(rf"{name} +{n:2d} line\(s\) of 4 characters: ([\d.]+) s, ([\d.]+) s per line", out)
+                    for n in [1, 10])
+        assert one and ten, out
+        assert float(ten.group(2)) == pytest.approx(float(ten.group(1)) / 10, abs=0.001)
+    assert len(re.findall(r"ratio [\d.]+x", out)) == 2
+    assert model.GenerationStep is bench.GenerationStep  # put back after timing
+
+
+def test_the_sampling_baseline_writes_the_same_strokes(tmp_path, monkeypatch):
+    import bench
+    import model
+    from fixtures import train_tiny
+    from generate import Writer
+
+    writer = Writer.load(train_tiny(tmp_path, "synthesis", "--max_steps", "1").replace("_best", "_last"))
+    ours = writer.write(["abc", "b a"], bias=0.5, seed=3, max_points_per_char=10)
+    monkeypatch.setattr(model, "GenerationStep", bench.ForwardStep)
+    baseline = writer.write(["abc", "b a"], bias=0.5, seed=3, max_points_per_char=10)
+    for a, b, phi_a, phi_b in zip(ours.lines, baseline.lines, ours.phis, baseline.phis):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(phi_a, phi_b, rtol=1e-4, atol=1e-5)

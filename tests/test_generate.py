@@ -118,19 +118,35 @@ def test_finished_when_the_position_after_the_text_wins():
     assert finished(phi_text, phi_after).tolist() == [False, True, False, False]
 
 
-def test_phi_after_text_is_the_same_window_read_one_position_on(writer):
-    """Reading 'one position after' a shorter text must give forward()'s phi at that position."""
-    model = writer.model
-    text, mask = writer.encode(["abc ab"])
-    state = model.initial_state(1)
+@pytest.mark.parametrize("task", ["synthesis", "rand_write"])
+def test_generation_step_is_forward_one_point_at_a_time(checkpoints, task):
+    """GenerationStep packs the weights its own way; it must compute what forward() does, and read
+    the window one position past each text as Graves' formula gives it."""
+    model = Writer.load(checkpoints[task]).model
+    text, mask = Writer.load(checkpoints["synthesis"]).encode(["abc ab", "ca"]) if task == "synthesis" else (None, None)
+    step = model_module.GenerationStep(model, text, mask)
+    by_forward = by_step = model.initial_state(2)
     torch.manual_seed(0)
     with torch.inference_mode():
-        for _ in range(5):
-            kappa_prev = state.kappa
-            _, state, phi = model(torch.randn(1, 1, 3), text, mask, state=state, return_phi=True)
-            for u in range(text.shape[1]):
-                got = model.phi_after_text(state.h1, kappa_prev, torch.tensor([u]))
-                torch.testing.assert_close(got, phi[:, 0, u])
+        for _ in range(6):
+            x = torch.randn(2, 3)
+            kappa_prev = by_step.kappa
+            y, by_forward, phi = model(x[:, None], text, mask, state=by_forward, return_phi=task == "synthesis")
+            y_step, by_step, phi_step, phi_after = step(x, by_step)
+            torch.testing.assert_close(y_step, y[:, 0])
+            for field, a, b in zip(model_module.State._fields, by_step, by_forward):
+                if a is not None or b is not None:
+                    torch.testing.assert_close(a, b, msg=field)
+            if task == "rand_write":
+                assert phi_step is None and phi_after is None
+                continue
+            torch.testing.assert_close(phi_step, phi[:, 0])
+            # Graves eq. 46 at u = U_b (6 and 2), from the window layer's output by hand
+            alpha, beta, kappa_step = model.window_layer(by_step.h1).exp().chunk(3, dim=1)
+            kappa = kappa_prev + kappa_step
+            for b, past_text in enumerate([6, 2]):
+                expected = (alpha[b] * torch.exp(-beta[b] * (kappa[b] - past_text) ** 2)).sum()
+                torch.testing.assert_close(phi_after[b], expected)
 
 
 def set_window(model, alpha_hat, beta_hat, kappa_hat):
