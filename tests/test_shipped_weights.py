@@ -5,14 +5,17 @@ that the checkpoint itself carries, not against stored outputs.
 """
 import hashlib
 import os
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from generate import Writer
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # as conftest.py does, for `python tests/test_shipped_weights.py` (re-pinning)
+from generate import Writer  # noqa: E402
 
-SAVE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "save")
+SAVE = os.path.join(ROOT, "save")
 
 
 def shipped(task):
@@ -93,8 +96,6 @@ def test_shipped_weights_write_the_pinned_strokes(task):
 
 
 if __name__ == "__main__":  # re-pin after shipping new weights
-    import sys
-    sys.path.insert(0, os.path.dirname(SAVE))
     torch.set_num_threads(1)
     pin = {}
     for task in ["synthesis", "rand_write"]:
