@@ -23,7 +23,8 @@ cap (--max_points_per_char per character) stops a line that never gets there, wi
 
 Style (section 5.5): --prime FILE (an IAM-OnDB line XML, InkML or JSON) or --prime_line LINE_ID
 (a line of the processed data) is read by the network before it writes, so that it writes on in
-that hand; several --prime_line write the texts once in each hand (--show_primes draws the primes). Pages: --width N word-wraps the texts into lines of at most N characters and writes them
+that hand; several --prime_line write the texts once in each hand (--show_primes draws the
+primes). Pages: --width N word-wraps the texts into lines of at most N characters and writes them
 one below the other in one style (Writer.write_page).
 
     python generate.py --prime a01-000u-01.xml --prime_text "A MOVE to stop Mr. Gaitskell" --text "in my hand"

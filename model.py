@@ -367,13 +367,9 @@ class GenerationStep:
     """
 
     def __init__(self, model, text=None, text_mask=None):
-        H = model.config.cell_size
         self.model, self.synthesis = model, model.config.task == "synthesis"
-        to_ifog = torch.cat([torch.arange(2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)])
-        lstm2 = model.layer2
-        # layer 2's inputs [x, h1, (w)] then h2; nn.LSTM orders its gates (i, f, g, o)
-        self.weight2 = torch.cat([lstm2.weight_ih_l0, lstm2.weight_hh_l0], 1)[to_ifog].t().contiguous()
-        self.bias2 = (lstm2.bias_ih_l0 + lstm2.bias_hh_l0)[to_ifog]
+        # layer 2's inputs [x, h1, (w)], then h2
+        self.weight2, self.bias2 = self.packed(model.layer2)
         if self.synthesis:  # inputs [x, h1, w], gates already (i, f, o, g)
             self.weight1 = torch.cat([model.layer1_input.weight, model.layer1_recurrent.weight], 1).t().contiguous()
             self.bias1 = model.layer1_input.bias
@@ -383,10 +379,17 @@ class GenerationStep:
             # every position, one past the longest text included, unmasked
             self.all_positions = torch.ones(text.shape[0], text.shape[1] + 1, dtype=self.weight1.dtype,
                                             device=text.device)
-        else:
-            lstm1 = model.layer1
-            self.weight1 = torch.cat([lstm1.weight_ih_l0, lstm1.weight_hh_l0], 1)[to_ifog].t().contiguous()
-            self.bias1 = (lstm1.bias_ih_l0 + lstm1.bias_hh_l0)[to_ifog]
+        else:  # inputs [x], then h1
+            self.weight1, self.bias1 = self.packed(model.layer1)
+
+    @staticmethod
+    def packed(lstm):
+        """An nn.LSTM's weights as one (inputs + H, 4H) matrix over [its input, h], and one bias,
+        its gates reordered from nn.LSTM's (i, f, g, o) to (i, f, o, g)."""
+        H = lstm.hidden_size
+        to_ifog = torch.cat([torch.arange(2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)])
+        weight = torch.cat([lstm.weight_ih_l0, lstm.weight_hh_l0], 1)[to_ifog].t().contiguous()
+        return weight, (lstm.bias_ih_l0 + lstm.bias_hh_l0)[to_ifog]
 
     @staticmethod
     def lstm_cell(gates, c):
