@@ -11,9 +11,9 @@ Legibility (synthesis): the model writes the texts of a fixed subset of validati
 them, drawn with numpy seed 0, the same for every checkpoint) at --bias and --seed. Its lines and the
 real lines of the same texts are drawn identically (same scale, pen width and margins) and read by
 Tesseract OCR, an external program (`apt-get install tesseract-ocr`). Reported: the character error
-rate (edit distance / characters) of each, their ratio, and how many generated lines stalled at the
-step cap. OCR of handwriting is harsh even on real lines, so the human figure is the baseline. A
-stall trial (no OCR needed) writes the subset's first 3 texts with seeds 0-3 at biases 0.5, 1 and 2
+rate (edit distance / characters) of each, their ratio, how many generated lines stalled at the
+step cap (model.MAX_POINTS_PER_CHAR), and the median pace of both in points per character. OCR of
+handwriting is harsh even on real lines, so the human figure is the baseline. A stall trial (no OCR needed) writes the subset's first 3 texts with seeds 0-3 at biases 0.5, 1 and 2
 and counts the lines that stall.
 
 Each run appends one row to --log (CSV), so curves over checkpoints can be drawn.
@@ -33,7 +33,7 @@ import torch
 import checkpoint
 import dataset
 import utils
-from model import point_nll, sequence_nll, split_mixture
+from model import MAX_POINTS_PER_CHAR, point_nll, sequence_nll, split_mixture
 
 PIXELS_PER_UNIT = 0.15  # pen units to pixels: a median IAM-OnDB line (~600 units tall) -> ~90 px
 PEN_WIDTH = 3           # pixels
@@ -147,8 +147,14 @@ def legibility(writer, data, lines, bias, seed, batch_size=50, read=read_with_te
             for line, path in zip(lines_of_kind, paths[kind]):
                 render_line(line, path)
         cer = {kind: character_error_rate(read(paths[kind]), texts) for kind in paths}
+    # the pen's pace, points per character (+1, as the step cap counts): a biased model that
+    # writes with short steps is slow, and slow lines are the ones that reach the cap
+    pace = {kind: float(np.median([len(line) / (len(text) + 1) for line, text in zip(lines_of_kind, texts)]))
+            for kind, lines_of_kind in [("generated", generated), ("human", human)]}
     return {"lines": len(texts), "cer_generated": cer["generated"], "cer_human": cer["human"],
-            "cer_ratio": cer["generated"] / max(cer["human"], 1e-9), "stalled": stalled}
+            "cer_ratio": cer["generated"] / max(cer["human"], 1e-9), "stalled": stalled,
+            "step_cap": MAX_POINTS_PER_CHAR, "points_per_char_generated": pace["generated"],
+            "points_per_char_human": pace["human"]}
 
 
 # ----------------------------------------------------------------------------- priming fidelity
@@ -305,8 +311,9 @@ def judge(path, data, args):
                        bias=args.bias, seed=args.seed)
             print(f"{path}: Tesseract CER {row['cer_generated']:.3f} on generated lines, {row['cer_human']:.3f} "
                   f"on the human lines of the same texts (ratio {row['cer_ratio']:.2f}); {row['stalled']} of "
-                  f"{row['lines']} lines stalled at the step cap (bias {args.bias}, seed {args.seed}, "
-                  f"{time.time() - started:.0f} s)")
+                  f"{row['lines']} lines stalled at the step cap of {MAX_POINTS_PER_CHAR} points/character; "
+                  f"median pace {row['points_per_char_generated']:.1f} points/character, human "
+                  f"{row['points_per_char_human']:.1f} (bias {args.bias}, seed {args.seed}, {time.time() - started:.0f} s)")
         stalled = stall_trial(writer, data)
         row["trial_stalled"], row["trial_lines"] = sum(stalled.values()), 3 * 4 * len(stalled)
         print(f"{path}: stall trial, 3 texts x 4 seeds at each bias: " +

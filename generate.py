@@ -45,6 +45,7 @@ import checkpoint
 import data_preprocessing
 import dataset
 import utils
+from model import MAX_POINTS_PER_CHAR
 
 DRAWING_FORMATS = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
 PAGE_RETRIES = 3  # a stalled page line is written again with the next seed, up to this many times
@@ -218,7 +219,7 @@ class Writer:
             codes.append(dataset.encode_text(text, self.alphabet))
         return dataset.pad(codes, np.int64)
 
-    def write(self, texts, bias=0.0, seed=None, max_points_per_char=40, prime=None):
+    def write(self, texts, bias=0.0, seed=None, max_points_per_char=MAX_POINTS_PER_CHAR, prime=None):
         """Write each text as one line (synthesis), all as one batch; returns a Writing in pen units.
 
         bias is Graves' sampling bias (section 5.2): 0 samples the model as trained, larger writes
@@ -270,7 +271,7 @@ class Writer:
             phis = [phi[1:, chars:] for phi, chars in zip(phis, prime_chars)]  # over the line's own text
         return Writing(lines, seed, texts, phis, capped)
 
-    def write_page(self, lines, bias=0.0, seed=None, max_points_per_char=40, prime=None, retries=PAGE_RETRIES):
+    def write_page(self, lines, bias=0.0, seed=None, max_points_per_char=MAX_POINTS_PER_CHAR, prime=None, retries=PAGE_RETRIES):
         """Write the lines of a page one after another, in one hand (wrap_words makes the lines).
 
         Each line is primed by `prime`, or, without one, by the last line of the page written to
@@ -345,8 +346,9 @@ def parse_args(argv=None):
     p.add_argument("--bias", type=float, default=0.0,
                    help="sampling bias b >= 0 (section 5.2): 0 samples the model as trained, larger b "
                         "writes more neatly")
-    p.add_argument("--max_points_per_char", type=int, default=40,
-                   help="stop a synthesis line after this many points per character (+1 character)")
+    p.add_argument("--max_points_per_char", type=int, default=MAX_POINTS_PER_CHAR,
+                   help="stop a synthesis line after this many points per character (+1 character); "
+                        "real lines take about 21, at most about 45")
     p.add_argument("--seed", type=int, help="random seed; the same seed gives the same strokes")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1,

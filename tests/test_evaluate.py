@@ -13,6 +13,7 @@ import dataset
 import evaluate
 from fixtures import train_tiny, write_data_dir
 from generate import Writer
+from model import MAX_POINTS_PER_CHAR
 
 needs_tesseract = pytest.mark.skipif(not evaluate.tesseract_available(),
                                      reason="Tesseract OCR is not installed (apt-get install tesseract-ocr)")
@@ -103,8 +104,14 @@ def test_legibility_reads_generated_and_human_lines_of_the_same_texts(tiny):
 
     with pytest.warns(UserWarning, match="step cap"):
         figures = evaluate.legibility(writer, data, 5, bias=1.0, seed=0, batch_size=2, read=reader)
+    # every line ran to the cap, MAX_POINTS_PER_CHAR points per character (+1) and its first row
+    capped_pace = np.median([(MAX_POINTS_PER_CHAR * (len(data.texts[i]) + 1) + 1) / (len(data.texts[i]) + 1)
+                             for i in subset])
+    human_pace = np.median([len(data.offsets[i]) / (len(data.texts[i]) + 1) for i in subset])
     assert figures == {"lines": 5, "cer_generated": 1.0, "cer_human": 0.0, "cer_ratio": pytest.approx(1e9),
-                       "stalled": 5}
+                       "stalled": 5, "step_cap": MAX_POINTS_PER_CHAR,
+                       "points_per_char_generated": pytest.approx(capped_pace),
+                       "points_per_char_human": pytest.approx(human_pace)}
     assert seen == [[f"{kind}_{i}.png" for i in range(5)] for kind in ["generated", "human"]]
     assert subset == evaluate.legibility_subset(data, 5) == sorted(subset)  # fixed, whatever the checkpoint
 
