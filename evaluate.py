@@ -135,7 +135,8 @@ def legibility(writer, data, lines, bias, seed, batch_size=50, read=read_with_te
     generated, stalled = [], 0
     for start in range(0, len(texts), batch_size):
         # seed + batch number: a batch's strokes do not depend on how many batches came before
-        writing = writer.write(texts[start:start + batch_size], bias=bias, seed=seed + start // batch_size)
+        # retries=0: a stalled line counts as it first came out (Writer.write would write it again)
+        writing = writer.write(texts[start:start + batch_size], bias=bias, seed=seed + start // batch_size, retries=0)
         generated += writing.lines
         stalled += sum(writing.capped)
     human = [data.offsets[i].astype(np.float64) * np.r_[1.0, data.offset_std] + np.r_[0.0, data.offset_mean]
@@ -247,7 +248,8 @@ def stall_trial(writer, data, texts=3, seeds=4, biases=TRIAL_BIASES):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # write() warns about each capped line; they are counted here
         for bias in biases:
-            stalled[bias] = sum(sum(writer.write(chosen, bias=bias, seed=seed).capped) for seed in range(seeds))
+            stalled[bias] = sum(sum(writer.write(chosen, bias=bias, seed=seed, retries=0).capped)
+                                for seed in range(seeds))
     return stalled
 
 

@@ -48,7 +48,7 @@ import utils
 from model import MAX_POINTS_PER_CHAR
 
 DRAWING_FORMATS = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
-PAGE_RETRIES = 3  # a stalled page line is written again with the next seed, up to this many times
+RETRIES = 3  # a stalled line is written again with the next seed, up to this many times
 
 
 # ----------------------------------------------------------------------------- the API
@@ -219,24 +219,39 @@ class Writer:
             codes.append(dataset.encode_text(text, self.alphabet))
         return dataset.pad(codes, np.int64)
 
-    def write(self, texts, bias=0.0, seed=None, max_points_per_char=MAX_POINTS_PER_CHAR, prime=None):
+    def write(self, texts, bias=0.0, seed=None, max_points_per_char=MAX_POINTS_PER_CHAR, prime=None,
+              retries=RETRIES):
         """Write each text as one line (synthesis), all as one batch; returns a Writing in pen units.
 
         bias is Graves' sampling bias (section 5.2): 0 samples the model as trained, larger writes
         more neatly. The same seed gives the same strokes; None draws a fresh one (Writing.seed).
         prime, a Prime (or a list, one per text), is the hand to write in (section 5.5): the
         network first reads its strokes, its window on the prime's text, then writes on.
+        A line that stalls (its window does not reach the end of its text within the step cap,
+        rare: words would be missing) is written again, the stalled lines of the batch together,
+        with seed + 1, + 2, ... up to `retries` times; one that still stalls is kept, marked in
+        Writing.capped, with a warning.
         """
         writing = self._write(texts, bias, seed, max_points_per_char, prime)
+        primes = [prime] * len(writing.texts) if prime is None or isinstance(prime, Prime) else list(prime)
+        for attempt in range(1, retries + 1):
+            stalled = [b for b, capped in enumerate(writing.capped) if capped]
+            if not stalled:
+                break
+            again = self._write([writing.texts[b] for b in stalled], bias, writing.seed + attempt,
+                                max_points_per_char, None if prime is None else [primes[b] for b in stalled])
+            for b, line, phi, capped in zip(stalled, again.lines, again.phis, again.capped):
+                writing.lines[b], writing.phis[b], writing.capped[b] = line, phi, capped
         for b, line_capped in enumerate(writing.capped):
             if line_capped:
                 warnings.warn(f"line {b} ({writing.texts[b]!r}) hit the step cap of {max_points_per_char} points "
-                              f"per character before its window reached the end of the text; "
-                              f"it may be unfinished (raise --max_points_per_char or try another seed)")
+                              f"per character before its window reached the end of the text, with seeds "
+                              f"{writing.seed} to {writing.seed + retries}; it may be unfinished "
+                              f"(raise --max_points_per_char or try another seed)")
         return writing
 
     def _write(self, texts, bias, seed, max_points_per_char, prime):
-        """write() without its warning about capped lines.
+        """write() without its retries and warnings for stalled lines.
 
         A primed line's window reads joined_text(prime.text, text): it walks over the prime's text
         while the network reads the prime's strokes, then on over the space into the new text, and
@@ -271,7 +286,7 @@ class Writer:
             phis = [phi[1:, chars:] for phi, chars in zip(phis, prime_chars)]  # over the line's own text
         return Writing(lines, seed, texts, phis, capped)
 
-    def write_page(self, lines, bias=0.0, seed=None, max_points_per_char=MAX_POINTS_PER_CHAR, prime=None, retries=PAGE_RETRIES):
+    def write_page(self, lines, bias=0.0, seed=None, max_points_per_char=MAX_POINTS_PER_CHAR, prime=None, retries=RETRIES):
         """Write the lines of a page one after another, in one hand (wrap_words makes the lines).
 
         Each line is primed by `prime`, or, without one, by the last line of the page written to

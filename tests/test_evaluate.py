@@ -124,7 +124,8 @@ def test_stall_trial_counts_capped_lines_per_bias(tiny):
     calls = []
 
     class StandIn:
-        def write(self, written, bias, seed):
+        def write(self, written, bias, seed, retries):
+            assert retries == 0  # the trial counts first attempts
             calls.append((tuple(written), bias, seed))
             return type("Writing", (), {"capped": [bias == 2.0 or (bias == 1.0 and seed == i) for i in range(3)]})
 

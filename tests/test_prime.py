@@ -321,6 +321,35 @@ def test_a_stalled_page_line_is_retried_with_the_next_seed_then_reported(writer,
     np.testing.assert_array_equal(page.lines[1], kept)
 
 
+def test_stalled_lines_of_a_batch_are_written_again_with_the_next_seeds(writer, monkeypatch):
+    set_window(writer.model, 0.0, 0.0, math.log(0.25))
+    texts, primes = ["ba", "ab", "cab"], [Prime("c", loops(5)), Prime("a", loops(6)), Prime("b", loops(7))]
+    stalls = {("ab", 7), ("ab", 8)} | {("cab", seed) for seed in range(7, 11)}  # twice; on every attempt
+    attempts = []
+    real_write = Writer._write
+
+    def write(self, texts, bias, seed, max_points_per_char, prime):
+        attempts.append((tuple(texts), seed, tuple(p.text for p in prime)))
+        writing = real_write(self, texts, bias, seed, max_points_per_char, prime)
+        writing.capped = [(text, seed) in stalls for text in texts]
+        return writing
+
+    monkeypatch.setattr(Writer, "_write", write)
+    with pytest.warns(UserWarning, match=r"line 2 \('cab'\) hit the step cap .* seeds 7 to 10"):
+        writing = writer.write(texts, 0.5, 7, prime=primes)
+    # the stalled lines only, as one batch, each with its own prime, the seed one up each time
+    assert attempts == [(("ba", "ab", "cab"), 7, ("c", "a", "b")), (("ab", "cab"), 8, ("a", "b")),
+                        (("ab", "cab"), 9, ("a", "b")), (("cab",), 10, ("b",))]
+    assert writing.capped == [False, False, True] and writing.seed == 7 and writing.texts == texts
+    monkeypatch.undo()
+    set_window(writer.model, 0.0, 0.0, math.log(0.25))
+    kept = [writer.write(texts, 0.5, 7, prime=primes, retries=0).lines[0],
+            writer.write(texts[1:], 0.5, 9, prime=primes[1:], retries=0).lines[0],
+            writer.write(texts[2:], 0.5, 10, prime=primes[2:], retries=0).lines[0]]
+    for line, expected in zip(writing.lines, kept):
+        np.testing.assert_array_equal(line, expected)
+
+
 # ----------------------------------------------------------------------------- the command line
 
 def test_the_page_command_writes_what_the_api_writes(checkpoint_path, writer, tmp_path):
