@@ -591,8 +591,10 @@ def test_two_processes_make_the_update_of_one_over_the_same_global_batches(tmp_p
             for group in optimizer.param_groups:
                 group["lr"] = 1e-2 * 0.5 ** epoch
             optimizer.step()
+    # Adam divides by sqrt(v), which magnifies the rounding of another summation order (two ranks'
+    # halves, another CPU's kernels) where a gradient is near zero: 1e-4 is 1% of one step here
     for name, value in model.state_dict().items():
-        torch.testing.assert_close(saved["model"][name], value, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(saved["model"][name], value, rtol=1e-4, atol=1e-4)
 
 
 def test_resuming_with_another_number_of_processes_is_refused(tmp_path, data_dir):
