@@ -33,8 +33,8 @@ import dataset
 import model as model_module
 from dataset import collate, make_batches
 from evaluate import dataset_nll
-from model import (GenerationStep, HandwritingModel, ModelConfig, autocast, point_nll, sequence_nll,
-                   split_mixture, uses_bf16, window_weights)
+from model import (GenerationStep, HandwritingModel, ModelConfig, autocast, point_nll, sample_mixture,
+                   sequence_nll, split_mixture, uses_bf16, window_weights)
 from train import add_shared_arguments
 
 
@@ -289,6 +289,11 @@ class ForwardStep:
         past_text = torch.ones(x.shape[0], self.text.shape[1] + 1)
         phi_all, _ = window_weights(alpha_hat, beta_hat, kappa_hat, kappa_prev, past_text)
         return y[:, 0], state, phi[:, 0], phi_all.gather(1, self.lengths).squeeze(1)
+
+    @staticmethod
+    def sample(y, bias, noise):
+        """The plain way: split the whole mixture, then draw from it."""
+        return sample_mixture(split_mixture(y, bias), noise=noise)
 
 
 def time_sampling(path, text="The quick brown fox jumps over lazy dogs", repeats=3):

@@ -22,6 +22,7 @@ line of handwriting to write on from if given one (a prime; generate.Writer adds
 the normalisation that a checkpoint carries).
 """
 import functools
+import itertools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
@@ -133,33 +134,51 @@ def point_nll(mix, targets):
     return offset_nll + eos_nll
 
 
-def sample_mixture(mix, generator=None):
-    """Draw one point [end_of_stroke, dx, dy] per batch row from a Mixture of shape (B, M)."""
-    component = torch.multinomial(mix.log_weights.exp(), 1, generator=generator)  # (B, 1)
+def draw_noise(steps, batch_size, generator=None, dtype=torch.float32, device=None):
+    """The randomness of `steps` points of `batch_size` lines, drawn at once: (steps, B, 4), per
+    point two uniforms (which component; whether the pen lifts) and two standard normals (dx, dy).
+    Drawing it in blocks, not point by point, spares sampling two calls into the generator a point."""
+    uniforms = torch.rand(steps, batch_size, 2, generator=generator, dtype=dtype, device=device)
+    normals = torch.randn(steps, batch_size, 2, generator=generator, dtype=dtype, device=device)
+    return torch.cat([uniforms, normals], dim=-1)
+
+
+def sample_mixture(mix, generator=None, noise=None):
+    """Draw one point [end_of_stroke, dx, dy] per batch row from a Mixture of shape (B, M).
+
+    noise (B, 4) is draw_noise's [u_component, u_end_of_stroke, n_x, n_y] (drawn here if None):
+    the component is the first whose cumulative weight passes u_component (the inverse CDF), and
+    (dx, dy) = mu + the Cholesky factor of the component's covariance times (n_x, n_y).
+    """
+    if noise is None:
+        noise = draw_noise(1, mix.mu_x.shape[0], generator, mix.mu_x.dtype, mix.mu_x.device)[0]
+    u_component, u_end_of_stroke, n_x, n_y = noise.unbind(-1)
+    cdf = mix.log_weights.exp().cumsum(-1)
+    # u times the total, which rounding moves off 1; the clamp keeps u = 1 - eps in range
+    component = (cdf < u_component.unsqueeze(-1) * cdf[..., -1:]).sum(-1, keepdim=True)
+    component = component.clamp(max=cdf.shape[-1] - 1)  # (B, 1)
     pick = lambda t: t.gather(-1, component).squeeze(-1)
     mu_x, mu_y = pick(mix.mu_x), pick(mix.mu_y)
     sigma_x, sigma_y = pick(mix.log_sigma_x).exp(), pick(mix.log_sigma_y).exp()
     rho = torch.tanh(pick(mix.rho_logit))
-    n = torch.randn(2, *mu_x.shape, generator=generator, dtype=mu_x.dtype, device=mu_x.device)
-    dx = mu_x + sigma_x * n[0]
-    dy = mu_y + sigma_y * (rho * n[0] + torch.sqrt(1 - rho ** 2) * n[1])
-    eos_p = torch.sigmoid(mix.eos_logit)
-    end_of_stroke = (torch.rand(eos_p.shape, generator=generator, dtype=eos_p.dtype,
-                                device=eos_p.device) < eos_p).to(dx.dtype)
+    dx = mu_x + sigma_x * n_x
+    dy = mu_y + sigma_y * (rho * n_x + torch.sqrt(1 - rho ** 2) * n_y)
+    end_of_stroke = (u_end_of_stroke < torch.sigmoid(mix.eos_logit)).to(dx.dtype)
     return torch.stack([end_of_stroke, dx, dy], dim=-1)
 
 
 # ----------------------------------------------------------------------------- attention window
 
-def window_weights(alpha_hat, beta_hat, kappa_hat, kappa_prev, text_mask):
+def window_weights(alpha_hat, beta_hat, kappa_hat, kappa_prev, text_mask, positions=None):
     """Graves eqs. 46-51 for one step.
 
     alpha_hat, beta_hat, kappa_hat, kappa_prev: (B, K); text_mask: (B, U) float, 1 on real
-    characters. Returns phi (B, U) -- the weight of each character -- and the new kappa (B, K).
+    characters; positions: 0, 1, ..., U-1 (made here if None). Returns phi (B, U) -- the weight of
+    each character -- and the new kappa (B, K).
     """
     alpha, beta = alpha_hat.exp(), beta_hat.exp()
     kappa = kappa_prev + kappa_hat.exp()  # the window only moves forwards
-    u = torch.arange(text_mask.shape[1], device=text_mask.device, dtype=kappa.dtype)
+    u = torch.arange(text_mask.shape[1], device=text_mask.device, dtype=kappa.dtype) if positions is None else positions
     # (B, K, 1) against (U,) -> (B, K, U), summed over the K Gaussians
     phi = (alpha.unsqueeze(-1) * torch.exp(-beta.unsqueeze(-1) * (kappa.unsqueeze(-1) - u) ** 2)).sum(1)
     return phi * text_mask, kappa
@@ -171,6 +190,10 @@ def window_weights(alpha_hat, beta_hat, kappa_hat, kappa_prev, text_mask):
 # steps, up to ~53 for a model of epoch 12 at bias 1-2, its window still moving. Nearly twice the
 # real lines' pace leaves such slow lines alone and still catches a window that does not move on.
 MAX_POINTS_PER_CHAR = 80
+
+# generate() draws its randomness for this many points at a time (draw_noise); part of what a
+# seed means: changing it changes the strokes written for a seed
+NOISE_BLOCK = 256
 
 
 # ----------------------------------------------------------------------------- the network
@@ -308,28 +331,31 @@ class HandwritingModel(nn.Module):
         points, phis = [x], []
         steps = torch.zeros(B, dtype=torch.int64, device=device)  # points generated per line
         done = torch.zeros(B, dtype=torch.bool, device=device)
-        capped = torch.zeros(B, dtype=torch.bool, device=device)
         step = GenerationStep(self, text, text_mask)
-        while not done.all():
+        for t in itertools.count():
+            if t % NOISE_BLOCK == 0:
+                noise = draw_noise(NOISE_BLOCK, B, generator, dtype, device)
             y, state, phi, phi_after = step(x, state)
             if synthesis:
                 # phi(t, .) was computed after reading point t and decides point t+1: if the
                 # window has moved past the text, the line ends here, without that point
                 done |= finished(phi, phi_after)
                 phis.append(phi)
-            x = sample_mixture(split_mixture(y, bias), generator)
+            x = step.sample(y, bias, noise[t % NOISE_BLOCK])
             points.append(x)
             steps += ~done
-            reached_cap = ~done & (steps >= caps)
-            capped |= reached_cap & synthesis
-            done |= reached_cap
+            done |= steps >= caps
+            if done.all():
+                break
         offsets = torch.stack(points, dim=1).float().cpu().numpy()
+        # a line ended by the rule stopped below its cap (the rule is checked before each point)
+        capped = (steps >= caps).tolist() if synthesis else [False] * B
         steps = steps.tolist()
         lines = [offsets[b, :steps[b] + 1] for b in range(B)]
         if not synthesis:
-            return lines, None, [False] * B
+            return lines, None, capped
         phis = torch.stack(phis, dim=1).float().cpu().numpy()
-        return lines, [phis[b, :steps[b], :lengths[b]] for b in range(B)], capped.tolist()
+        return lines, [phis[b, :steps[b], :lengths[b]] for b in range(B)], capped
 
     def _read_primes(self, primes, text, text_mask):
         """The state after each line has read all rows but the last of its prime, as one batch.
@@ -387,6 +413,7 @@ class GenerationStep:
             # every position, one past the longest text included, unmasked
             self.all_positions = torch.ones(text.shape[0], text.shape[1] + 1, dtype=self.weight1.dtype,
                                             device=text.device)
+            self.positions = torch.arange(text.shape[1] + 1, dtype=self.weight1.dtype, device=text.device)
         else:  # inputs [x], then h1
             self.weight1, self.bias1 = self.packed(model.layer1)
 
@@ -416,7 +443,8 @@ class GenerationStep:
             h1, c1 = self.lstm_cell(torch.addmm(self.bias1, torch.cat([x, state.h1, state.window], 1),
                                                 self.weight1), state.c1)
             alpha_hat, beta_hat, kappa_hat = model.window_layer(h1).chunk(3, dim=1)
-            phi_all, kappa = window_weights(alpha_hat, beta_hat, kappa_hat, state.kappa, self.all_positions)
+            phi_all, kappa = window_weights(alpha_hat, beta_hat, kappa_hat, state.kappa, self.all_positions,
+                                            self.positions)
             phi = phi_all[:, :-1] * self.text_mask
             phi_after = phi_all.gather(1, self.lengths).squeeze(1)
             window = torch.bmm(phi.unsqueeze(1), self.one_hot).squeeze(1)
@@ -428,6 +456,24 @@ class GenerationStep:
         h2, c2 = self.lstm_cell(torch.addmm(self.bias2, layer2_input, self.weight2), state.c2)
         y = model.output_layer(torch.cat([h1, h2], 1))
         return y, State(h1, c1, h2, c2, kappa, window), phi, phi_after
+
+    @staticmethod
+    def sample(y, bias, noise):
+        """sample_mixture(split_mixture(y, bias), noise=noise) in a third of the operations: the
+        component is drawn first, from the weights alone, and its six parameters are then
+        gathered in one call instead of the whole mixture being split and squashed."""
+        B = y.shape[0]
+        params = y[:, 1:].view(B, 6, -1)  # weight logit, mu_x, mu_y, log sigma_x, log sigma_y, rho logit
+        cdf = torch.softmax(params[:, 0] * (1 + bias), dim=1).cumsum(1)
+        component = (cdf < noise[:, :1] * cdf[:, -1:]).sum(1).clamp_(max=params.shape[2] - 1)
+        picked = params.gather(2, component.view(B, 1, 1).expand(B, 6, 1)).squeeze(2)  # (B, 6)
+        sigma = (picked[:, 3:5] - bias).exp()
+        rho = picked[:, 5].tanh()
+        n_x = noise[:, 2]
+        dx = torch.addcmul(picked[:, 1], sigma[:, 0], n_x)
+        dy = torch.addcmul(picked[:, 2], sigma[:, 1], torch.addcmul(rho * n_x, (1 - rho * rho).sqrt(), noise[:, 3]))
+        end_of_stroke = (noise[:, 1] < y[:, 0].sigmoid()).to(y.dtype)
+        return torch.stack([end_of_stroke, dx, dy], dim=1)
 
 
 def finished(phi_text, phi_after):

@@ -223,8 +223,10 @@ def test_empty_text_is_an_error(writer, checkpoints, capsys):
     assert "empty" in capsys.readouterr().err
 
 
-def deterministic_sample(mix, generator=None):
-    """The most likely component's mean, pen lifted when more likely than not: no randomness."""
+def deterministic_sample(y, bias, noise):
+    """In place of GenerationStep.sample: the most likely component's mean, pen lifted when more
+    likely than not; no randomness."""
+    mix = model_module.split_mixture(y, bias)
     component = mix.log_weights.argmax(-1, keepdim=True)
     pick = lambda t: t.gather(-1, component).squeeze(-1)
     eos = (mix.eos_logit > 0).to(mix.mu_x.dtype)
@@ -233,7 +235,7 @@ def deterministic_sample(mix, generator=None):
 
 def test_a_batch_writes_each_line_as_if_alone(writer, monkeypatch):
     """Padding and finished lines must not leak into the other lines of a batch."""
-    monkeypatch.setattr(model_module, "sample_mixture", deterministic_sample)
+    monkeypatch.setattr(model_module.GenerationStep, "sample", staticmethod(deterministic_sample))
     set_window(writer.model, 0.0, 0.0, math.log(0.25))  # a quarter character per step: lines end in turn
     texts = ["abc", "a", "cab bac"]
     batch = writer.write(texts, max_points_per_char=8)

@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import (HandwritingModel, Mixture, ModelConfig, gaussian_log_density, point_nll,
-                   sample_mixture, sequence_nll, split_mixture, window_weights)
+from model import (GenerationStep, HandwritingModel, Mixture, ModelConfig, draw_noise, gaussian_log_density,
+                   point_nll, sample_mixture, sequence_nll, split_mixture, window_weights)
 
 
 # ----------------------------------------------------------------------------- numpy references
@@ -290,6 +290,47 @@ def test_sample_mixture_with_saturated_rho_stays_finite():
     assert torch.isfinite(x).all()
     torch.testing.assert_close(x[:, 1], x[:, 2])  # rho = 1: dy = dx exactly
     assert (x[:, 0] == 1).all()
+
+
+def test_sample_mixture_draws_the_component_and_offset_that_the_noise_gives():
+    # weights (0.2, 0.5, 0.3): cumulative 0.2, 0.7, 1.0, so u = 0.1, 0.65, 0.71, 0.999 pick 0, 1, 2, 2
+    row = lambda v: torch.tensor(v, dtype=torch.float64).repeat(4, 1)
+    mix = Mixture(row(np.log([0.2, 0.5, 0.3])), row([1.0, 2.0, 3.0]), row([-1.0, -2.0, -3.0]),
+                  row(np.log([0.5, 1.0, 2.0])), row(np.log([0.25, 0.5, 4.0])), row(np.arctanh([0.0, 0.6, -0.8])),
+                  torch.zeros(4, dtype=torch.float64))
+    noise = torch.tensor([[0.1, 0.3, 1.0, 2.0], [0.65, 0.7, -1.0, 0.5], [0.71, 0.49, 0.5, -1.0],
+                          [0.999, 0.51, 2.0, 1.0]], dtype=torch.float64)
+    x = sample_mixture(mix, noise=noise).numpy()
+    # dx = mu_x + sigma_x n_x; dy = mu_y + sigma_y (rho n_x + sqrt(1 - rho^2) n_y); lift if u < 0.5
+    expected = [[1, 1 + 0.5 * 1.0, -1 + 0.25 * 2.0],
+                [0, 2 + 1.0 * -1.0, -2 + 0.5 * (0.6 * -1.0 + 0.8 * 0.5)],
+                [1, 3 + 2.0 * 0.5, -3 + 4.0 * (-0.8 * 0.5 + 0.6 * -1.0)],
+                [0, 3 + 2.0 * 2.0, -3 + 4.0 * (-0.8 * 2.0 + 0.6 * 1.0)]]
+    np.testing.assert_allclose(x, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_draw_noise_is_uniforms_then_normals_and_seeded():
+    noise = draw_noise(500, 40, torch.Generator().manual_seed(0))
+    assert noise.shape == (500, 40, 4)
+    uniforms, normals = noise[..., :2], noise[..., 2:]
+    assert (uniforms >= 0).all() and (uniforms < 1).all()
+    assert abs(uniforms.mean() - 0.5) < 5 * (1 / 12) ** 0.5 / 200  # 40,000 draws: se 0.0014
+    assert abs(normals.mean()) < 5 / 200 and abs(normals.std() - 1) < 5 * 0.5 ** 0.5 / 200
+    assert torch.equal(noise, draw_noise(500, 40, torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize("bias", [0.0, 1.0, 3.0])
+def test_generation_step_samples_what_the_reference_samples(bias):
+    """GenerationStep.sample draws the component before squashing the mixture: the same point as
+    sample_mixture(split_mixture(y, bias)) for the same noise."""
+    M, B = 20, 5000
+    generator = torch.Generator().manual_seed(1)
+    y = 3 * torch.randn(B, 6 * M + 1, generator=generator, dtype=torch.float64)
+    noise = draw_noise(1, B, generator, torch.float64)[0]
+    fast = GenerationStep.sample(y, bias, noise)
+    reference = sample_mixture(split_mixture(y, bias), noise=noise)
+    torch.testing.assert_close(fast, reference, rtol=1e-10, atol=1e-10)
+    assert 0 < fast[:, 0].mean() < 1  # both pen states occur
 
 
 # ----------------------------------------------------------------------------- attention window

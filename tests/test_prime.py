@@ -243,7 +243,7 @@ def test_the_step_cap_of_a_primed_line_counts_only_the_new_characters(writer):
 
 
 def test_primes_of_different_lengths_write_each_line_as_if_alone(writer, monkeypatch):
-    monkeypatch.setattr(model_module, "sample_mixture", deterministic_sample)
+    monkeypatch.setattr(model_module.GenerationStep, "sample", staticmethod(deterministic_sample))
     set_window(writer.model, 0.0, 0.0, math.log(0.25))
     texts, primes = ["ab", "cab a"], [Prime("c", loops(5)), Prime("ba c", loops(17, seed=1))]
     batch = writer.write(texts, prime=primes, max_points_per_char=8)
