@@ -317,18 +317,16 @@ def time_sampling(path, text="The quick brown fox jumps over lazy dogs", repeats
                     model_module.GenerationStep = GenerationStep
                 points += sum(len(line) for line in writing.lines)
             best[name] = min(seconds)
+            # the seeds write lines of different lengths: the time a point compares across seeds
             print(f"  {name:20s} {lines:2d} line(s) of {len(text)} characters: {best[name]:.2f} s, "
-                  f"{best[name] / lines:.3f} s per line, {points / repeats / lines:.0f} points per line")
+                  f"{best[name] / lines:.3f} s per line, {points / repeats / lines:.0f} points per line, "
+                  f"{1e3 * sum(seconds) / points:.3f} ms per point")
         print(f"  ratio {best['forward() per point'] / best['ours']:.2f}x")
 
 
 def validation_subset(args):
     """The same --validation_lines lines of the validation split for every run."""
-    valid = dataset.load_data(os.path.join(args.data_dir, "validation.npz"))
-    subset = np.random.default_rng(0).choice(len(valid), min(args.validation_lines, len(valid)), replace=False)
-    return dataset.HandwritingData([valid.offsets[i] for i in subset], [valid.text_codes[i] for i in subset],
-                                 [valid.texts[i] for i in subset], [valid.line_ids[i] for i in subset],
-                                 valid.alphabet, valid.offset_mean, valid.offset_std)
+    return dataset.subset(dataset.load_data(os.path.join(args.data_dir, "validation.npz")), args.validation_lines)
 
 
 def gradient(model, batch, precision):

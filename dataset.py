@@ -58,6 +58,13 @@ class HandwritingData:
         return len(self.offsets)
 
 
+def subset(data, lines, seed=0):
+    """The same `lines` lines of `data` every time (drawn with numpy `seed`), in their split's order."""
+    chosen = sorted(np.random.default_rng(seed).choice(len(data), min(lines, len(data)), replace=False).tolist())
+    return replace(data, offsets=[data.offsets[i] for i in chosen], text_codes=[data.text_codes[i] for i in chosen],
+                   texts=[data.texts[i] for i in chosen], line_ids=[data.line_ids[i] for i in chosen])
+
+
 def renormalised(data, offset_mean, offset_std):
     """The same lines normalised with other statistics (a checkpoint's); their raw offsets are unchanged."""
     mean, std = np.asarray(offset_mean, np.float64), np.asarray(offset_std, np.float64)

@@ -11,6 +11,8 @@ Reads data/train.npz and data/validation.npz (made by data_preprocessing.py); wr
     <task>_best.pt    the epoch with the lowest validation NLL
     <task>_log.csv    train / validation NLL per epoch
     <task>_loss.png   the loss curves
+    <task>_curve.csv  with --curve_every N: validation NLL on --curve_lines lines every N steps,
+                      against training CPU seconds and points seen (the learning-curve study)
 The recipe is the seed's: Adam at --learning_rate, decayed by --decay_rate every epoch, on batches
 of --batch_size lines cut to --timesteps points, the gradient norm clipped at --grad_clip.
 """
@@ -66,6 +68,9 @@ def parse_args(argv=None):
     p.add_argument("--num_epochs", type=int, default=50)
     p.add_argument("--learning_rate", type=float, default=8e-4)
     p.add_argument("--decay_rate", type=float, default=0.99, help="learning-rate factor per epoch")
+    p.add_argument("--decay_per_step", action="store_true",
+                   help="apply --decay_rate smoothly, a fraction of it after every step, instead of "
+                        "all of it at each epoch's start")
     p.add_argument("--model_dir", default="save")
     p.add_argument("--grad_clip", type=float, default=10.0,
                    help="clip the global gradient norm of the per-point loss to this (0: off)")
@@ -81,10 +86,19 @@ def parse_args(argv=None):
     p.add_argument("--save_every", type=int, default=100,
                    help="also checkpoint every N steps (0: only at the end of each epoch)")
     p.add_argument("--max_steps", type=int, default=0, help="stop after N optimizer steps (0: no limit)")
+    p.add_argument("--max_cpu_hours", type=float, default=0,
+                   help="stop once the run's lineage has used this much CPU time, all processes "
+                        "together (checked where they meet: every --save_every or --curve_every "
+                        "steps and at epoch ends; 0: no limit)")
+    p.add_argument("--curve_every", type=int, default=0,
+                   help="every N steps, log the validation NLL of --curve_lines lines to "
+                        "<task>_curve.csv (0: off); its CPU time is not counted as training's")
+    p.add_argument("--curve_lines", type=int, default=200,
+                   help="validation lines for --curve_every (the same ones in every run)")
     args = p.parse_args(argv)
     if args.resume and args.init_from:
         p.error("--resume continues MODEL_DIR's run; --init_from starts a new one: choose one")
-    for name in ("save_every", "max_steps", "num_epochs"):
+    for name in ("save_every", "max_steps", "num_epochs", "max_cpu_hours", "curve_every"):
         if getattr(args, name) < 0:
             p.error(f"--{name} must be 0 or more, not {getattr(args, name)}")
     return args
@@ -111,6 +125,7 @@ class Progress:
     warmup_from: int = 0        # the step the learning-rate warm-up started at ...
     warmup_steps: int = 0       # ... and its length
     cpu_seconds: float = 0.0    # CPU time of the whole lineage, all processes (--init_from carries it on)
+    points: float = 0.0         # training points predicted in all (this count starts with this code)
     ranks: int = 1              # data-parallel processes; step_in_epoch counts steps of them all
 
     @classmethod
@@ -127,6 +142,7 @@ class Run:
         self.best = os.path.join(args.model_dir, f"{args.task}_best.pt")
         self.log = os.path.join(args.model_dir, f"{args.task}_log.csv")
         self.plot = os.path.join(args.model_dir, f"{args.task}_loss.png")
+        self.curve = os.path.join(args.model_dir, f"{args.task}_curve.csv")
 
     def save(self, path, model, optimizer, progress, data):
         if self.writes:
@@ -161,6 +177,15 @@ class Run:
                 writer.writeheader()
                 writer.writerows(history)
         utils.plot_loss_curves(history, self.plot, title=self.args.task)
+
+    def append_curve(self, row):
+        """One row of <task>_curve.csv; the file is rewritten whole, through a temporary file."""
+        rows = list(csv.DictReader(open(self.curve, newline=""))) if os.path.exists(self.curve) else []
+        with utils.atomic_path(self.curve) as tmp:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(row))
+                writer.writeheader()
+                writer.writerows(rows + [row])
 
 
 # ----------------------------------------------------------------------------- data parallel (torchrun)
@@ -244,11 +269,13 @@ def load_or_exit(path, device, flag, hint=""):
         raise SystemExit(f"{flag}: {e}{hint}")
 
 
-def learning_rate(args, epoch, progress):
-    """The seed's schedule (decay_rate per epoch), after the run's linear warm-up, if any."""
+def learning_rate(args, epoch, progress, steps_per_epoch):
+    """The seed's schedule (decay_rate per epoch, or its share per step with --decay_per_step),
+    after the run's linear warm-up, if any."""
     warmup = progress.warmup_steps
     ramp = min(1.0, (progress.step - progress.warmup_from + 1) / warmup) if warmup else 1.0
-    return args.learning_rate * args.decay_rate ** epoch * ramp
+    epochs = epoch + progress.step_in_epoch / steps_per_epoch if args.decay_per_step else epoch
+    return args.learning_rate * args.decay_rate ** epochs * ramp
 
 
 # ----------------------------------------------------------------------------- training
@@ -271,6 +298,7 @@ def train(args):
 def train_ranks(args, ranks):
     train_data = dataset.load_data(os.path.join(args.data_dir, "train.npz"))
     valid_data = dataset.load_data(os.path.join(args.data_dir, "validation.npz"))
+    run_curve_on = dataset.subset(valid_data, args.curve_lines) if args.curve_every else None
     if len(train_data) == 0 or len(valid_data) == 0:
         raise SystemExit(f"{args.data_dir}: the training or validation split is empty; "
                          "rerun data_preprocessing.py.")
@@ -296,16 +324,26 @@ def train_ranks(args, ranks):
         print(f"already at step {progress.step} >= --max_steps {args.max_steps}; nothing to do")
         return model, progress
     for epoch in range(progress.epoch, args.num_epochs):
-        if not train_epoch(args, run, trained, optimizer, train_data, progress, epoch, ranks):
+        stopped = train_epoch(args, run, trained, optimizer, train_data, progress, epoch, ranks, run_curve_on)
+        if stopped:
             if ranks.main:
-                print(f"stopped after --max_steps {args.max_steps}")
+                print(f"stopped after {stopped}")
             break
         end_epoch(args, run, model, optimizer, train_data, valid_data, progress, epoch, ranks)
+        if over_budget(args, progress):
+            if ranks.main:
+                print(f"stopped after --max_cpu_hours {args.max_cpu_hours}")
+            break
     return model, progress
 
 
-def train_epoch(args, run, model, optimizer, train_data, progress, epoch, ranks):
-    """Train the rest of epoch `epoch`; False when --max_steps stopped it first."""
+def over_budget(args, progress):
+    return bool(args.max_cpu_hours) and progress.cpu_seconds >= args.max_cpu_hours * 3600
+
+
+def train_epoch(args, run, model, optimizer, train_data, progress, epoch, ranks, curve_data=None):
+    """Train the rest of epoch `epoch`; returns None, or the option (--max_steps, --max_cpu_hours)
+    that stopped it first. With --curve_every, rank 0 logs the NLL of curve_data on the way."""
     # the batch order is a function of (seed, epoch), so a resumed run sees the same batches;
     # step s takes batches s * ranks.size ... s * ranks.size + ranks.size - 1, one per rank
     batches = dataset.make_batches([len(x) for x in train_data.offsets], args.batch_size,
@@ -317,7 +355,7 @@ def train_epoch(args, run, model, optimizer, train_data, progress, epoch, ranks)
                disable=not ranks.main)
     for step in range(progress.step_in_epoch, steps):
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(args, epoch, progress)
+            group["lr"] = learning_rate(args, epoch, progress, steps)
         indices = batches[step * ranks.size + ranks.rank]
         batch = dataset.collate(train_data, indices, args.timesteps + 1, args.device)
         nll, count, lines = train_step(args, model, optimizer, batch, ranks)
@@ -336,6 +374,7 @@ def train_epoch(args, run, model, optimizer, train_data, progress, epoch, ranks)
             progress.epoch_lines += lines
             progress.window_nll += nll
             progress.window_points += count
+            progress.points += count
             points_this_run += count
             bar.set_postfix(nats_per_point=f"{nll / count:.3f}",
                             points_per_s=f"{points_this_run / (time.time() - started):.0f}")
@@ -345,19 +384,36 @@ def train_epoch(args, run, model, optimizer, train_data, progress, epoch, ranks)
         progress.epoch_seconds += time.time() - wall_mark
         cpu_mark, wall_mark = time.process_time(), time.time()
         bar.update(1)
-        stop = args.max_steps and progress.step >= args.max_steps
+        stop = "--max_steps" if args.max_steps and progress.step >= args.max_steps else None
         save_due = args.save_every and progress.step % args.save_every == 0
-        if save_due or stop or progress.step_in_epoch == steps:
+        curve_due = args.curve_every and progress.step % args.curve_every == 0
+        if save_due or curve_due or stop or progress.step_in_epoch == steps:
             # every rank reaches these points together: add all ranks' CPU time in one all_reduce
             progress.cpu_seconds += ranks.sum([cpu_unsummed], args.device)[0]
             cpu_unsummed = 0.0
+            if over_budget(args, progress) and progress.step_in_epoch < steps:
+                stop = stop or "--max_cpu_hours"
+        if curve_due and ranks.main:
+            log_curve(args, run, unwrapped(model), optimizer, curve_data, progress)
+        if curve_due:
+            cpu_mark = time.process_time()  # the curve's evaluation is measurement, not training
         if save_due or stop:
             run.save_last(unwrapped(model), optimizer, progress, train_data)
         if stop:
             bar.close()
-            return False
+            return stop
     bar.close()
-    return True
+    return None
+
+
+def log_curve(args, run, model, optimizer, curve_data, progress):
+    """One point of the learning curve: validation NLL against training CPU time and points seen."""
+    nats_per_line, nats_per_point = dataset_nll(model, curve_data, args.batch_size, args.device)
+    run.append_curve({"step": progress.step, "points": int(progress.points),
+                      "cpu_seconds": round(progress.cpu_seconds, 3),
+                      "learning_rate": optimizer.param_groups[0]["lr"],
+                      "validation_nats_per_sequence": round(nats_per_line, 3),
+                      "validation_nats_per_point": round(nats_per_point, 5)})
 
 
 def unwrapped(model):

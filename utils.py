@@ -69,6 +69,31 @@ def plot_loss_curves(history, path=None, title="", ax=None):
     ax.legend()
 
 
+def plot_learning_curves(curves, path, title=""):
+    """Validation NLL against training CPU minutes and against points seen, one line per run.
+
+    curves: {label: rows of a train.py --curve_every log (cpu_seconds, points,
+    validation_nats_per_sequence)}; saved to `path`.
+    """
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(11, 4.5))
+    by_time, by_points = fig.subplots(1, 2, sharey=True)
+    for label, rows in curves.items():
+        nll = [r["validation_nats_per_sequence"] for r in rows]
+        by_time.plot([r["cpu_seconds"] / 60 for r in rows], nll, ".-", label=label)
+        by_points.plot([r["points"] / 1e6 for r in rows], nll, ".-", label=label)
+    by_time.set_xlabel("training CPU minutes")
+    by_points.set_xlabel("training points seen (millions)")
+    by_time.set_ylabel("validation NLL (nats per line)")
+    for ax in (by_time, by_points):
+        ax.grid(alpha=0.3)
+    by_points.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=picture_format(path))
+
+
 # ----------------------------------------------------------------------------- strokes and drawings
 #
 # Lines are arrays of pen offsets [end_of_stroke, dx, dy] in pen units, y growing upwards.

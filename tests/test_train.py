@@ -633,3 +633,76 @@ def test_save_every_zero_checkpoints_only_at_epoch_ends_and_at_the_stop(tmp_path
     assert saved_at == [STEPS_PER_EPOCH, 6]  # end of epoch 1, then where --max_steps stopped it
     with pytest.raises(SystemExit):
         train.parse_args(["--save_every", "-1"])
+
+
+# ----------------------------------------------------------------------------- learning curves and budgets
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_curve_logs_the_nll_of_the_same_lines_against_points_seen(tmp_path, data_dir):
+    run(data_dir, tmp_path, "synthesis", "--max_steps", "6", "--curve_every", "3", "--curve_lines", "5")
+    rows = read_csv(tmp_path / "synthesis_curve.csv")
+    assert [int(r["step"]) for r in rows] == [3, 6]
+    # points seen: the real predicted points of the batches trained, each line cut to --timesteps
+    data = dataset.load_data(os.path.join(data_dir, "train.npz"))
+    lengths = [len(x) for x in data.offsets]
+    epochs = [dataset.make_batches(lengths, 8, np.random.default_rng([0, e]), 50) for e in range(2)]
+    batches = epochs[0] + epochs[1][:2]
+    points = np.cumsum([sum(min(lengths[i] - 1, 800) for i in b) for b in batches])
+    assert [int(r["points"]) for r in rows] == [points[2], points[5]]
+    # the last row is the final weights' NLL of 5 validation lines, the same 5 as dataset.subset's
+    saved = torch.load(tmp_path / "synthesis_last.pt", weights_only=False)
+    model = HandwritingModel(ModelConfig(**saved["config"]))
+    model.load_state_dict(saved["model"])
+    lines = dataset.subset(dataset.load_data(os.path.join(data_dir, "validation.npz")), 5)
+    per_line, per_point = dataset_nll(model, lines, 8)
+    assert float(rows[-1]["validation_nats_per_sequence"]) == pytest.approx(per_line, abs=1e-3)
+    assert float(rows[-1]["validation_nats_per_point"]) == pytest.approx(per_point, abs=1e-5)
+    assert 0 < float(rows[0]["cpu_seconds"]) <= float(rows[1]["cpu_seconds"])
+
+
+def test_subset_is_the_same_lines_every_time_in_split_order():
+    data = make_handwriting_data(30)
+    first, again = dataset.subset(data, 7), dataset.subset(data, 7)
+    assert first.line_ids == again.line_ids and len(first) == 7
+    ids = [int(i.split("-")[1]) for i in first.line_ids]
+    assert ids == sorted(ids) and len(set(ids)) == 7
+    i = ids[3]
+    assert first.texts[3] == data.texts[i] and np.array_equal(first.offsets[3], data.offsets[i])
+    assert len(dataset.subset(data, 100)) == 30
+
+
+def test_a_cpu_budget_stops_the_run_where_the_processes_meet(tmp_path, data_dir):
+    budget_hours = 1e-6  # 3.6 ms: passed by the first step
+    run(data_dir, tmp_path, "rand_write", "--max_cpu_hours", str(budget_hours), "--save_every", "3",
+        "--num_epochs", "5")
+    saved = torch.load(tmp_path / "rand_write_last.pt", weights_only=False)
+    assert saved["step"] == 3 and saved["epoch"] == 0  # the first point where it is checked
+    assert saved["cpu_seconds"] >= budget_hours * 3600
+
+
+def test_a_budget_passed_at_an_epoch_end_stops_after_validating(tmp_path, data_dir):
+    run(data_dir, tmp_path, "rand_write", "--max_cpu_hours", "1e-6", "--save_every", "0", "--num_epochs", "5")
+    saved = torch.load(tmp_path / "rand_write_last.pt", weights_only=False)
+    assert saved["epoch"] == 1 and saved["step"] == STEPS_PER_EPOCH and len(saved["history"]) == 1
+
+
+def test_decay_per_step_spreads_each_epochs_decay_over_its_steps():
+    args = train.parse_args(["--learning_rate", "1e-3", "--decay_rate", "0.5", "--decay_per_step"])
+    progress = train.Progress(epoch=2, step_in_epoch=1, step=9)
+    # 2 epochs and 1 of 4 steps: 1e-3 * 0.5 ** 2.25
+    assert train.learning_rate(args, 2, progress, 4) == pytest.approx(1e-3 * 0.5 ** 2.25)
+    per_epoch = train.parse_args(["--learning_rate", "1e-3", "--decay_rate", "0.5"])
+    assert train.learning_rate(per_epoch, 2, progress, 4) == pytest.approx(1e-3 * 0.25)
+    warming = train.Progress(epoch=0, step_in_epoch=2, step=2, warmup_steps=10)
+    assert train.learning_rate(args, 0, warming, 4) == pytest.approx(1e-3 * 0.5 ** 0.5 * 3 / 10)
+
+
+def test_negative_budget_or_curve_interval_is_refused(capsys):
+    for flag in ["--max_cpu_hours", "--curve_every"]:
+        with pytest.raises(SystemExit):
+            train.parse_args([flag, "-1"])
+        assert f"{flag} must be 0 or more" in capsys.readouterr().err
