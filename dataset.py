@@ -58,9 +58,14 @@ class HandwritingData:
         return len(self.offsets)
 
 
+def subset_indices(count, lines, seed=0):
+    """The same `lines` of `count` indices every time (drawn with numpy `seed`), in ascending order."""
+    return sorted(np.random.default_rng(seed).choice(count, min(lines, count), replace=False).tolist())
+
+
 def subset(data, lines, seed=0):
-    """The same `lines` lines of `data` every time (drawn with numpy `seed`), in their split's order."""
-    chosen = sorted(np.random.default_rng(seed).choice(len(data), min(lines, len(data)), replace=False).tolist())
+    """The same `lines` lines of `data` every time (subset_indices), in their split's order."""
+    chosen = subset_indices(len(data), lines, seed)
     return replace(data, offsets=[data.offsets[i] for i in chosen], text_codes=[data.text_codes[i] for i in chosen],
                    texts=[data.texts[i] for i in chosen], line_ids=[data.line_ids[i] for i in chosen])
 

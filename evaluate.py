@@ -121,8 +121,7 @@ def read_with_tesseract(paths):
 
 def legibility_subset(data, lines):
     """The validation lines whose texts the model writes: `lines` of them, drawn with seed 0."""
-    chosen = np.random.default_rng(0).choice(len(data), min(lines, len(data)), replace=False)
-    return sorted(chosen.tolist())
+    return dataset.subset_indices(len(data), lines)
 
 
 def legibility(writer, data, lines, bias, seed, batch_size=50, read=read_with_tesseract, workdir=None):
