@@ -99,10 +99,16 @@ def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.out_dir, exist_ok=True)
     if not args.plot_only:
+        for split in ["train.npz", "validation.npz"]:
+            if not os.path.exists(os.path.join(args.data_dir, split)):
+                raise SystemExit(f"{args.data_dir} has no {split}: make the arrays with data_preprocessing.py "
+                                 "first, or pass --data_dir")
         for name in args.arms:
             command = arm_command(args, name)
             print(f"arm {name}: {' '.join(command)}", flush=True)
-            subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            if subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode:
+                raise SystemExit(f"arm {name} stopped with an error (above); its state is in "
+                                 f"{os.path.join(args.out_dir, name)}: run the study again to resume it")
     curves = {name: read_curve(args, name) for name in args.arms}
     missing = [name for name, rows in curves.items() if not rows]
     if missing:

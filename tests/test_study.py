@@ -54,3 +54,9 @@ def test_plot_only_draws_the_curves_that_train_py_logged(tmp_path, capsys):
     with pytest.raises(SystemExit, match="no learning curve yet for small"):
         study.main(["--out_dir", str(tmp_path / "study"), "--arms", "seed,small", "--plot_only"])
     assert os.path.exists(tmp_path / "study" / "learning_curves.png")
+
+
+def test_missing_data_is_a_sentence_before_any_arm_starts(tmp_path):
+    with pytest.raises(SystemExit, match="has no train.npz: make the arrays with data_preprocessing.py"):
+        study.main(["--out_dir", str(tmp_path / "study"), "--data_dir", str(tmp_path / "nowhere")])
+    assert not os.path.exists(tmp_path / "study" / "seed")
