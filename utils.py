@@ -87,7 +87,7 @@ def plot_learning_curves(curves, path, title=""):
     by_time.set_ylabel("validation NLL (nats per line)")
     for ax in (by_time, by_points):
         ax.grid(alpha=0.3)
-    by_points.legend(fontsize=8)
+    by_points.legend(fontsize=8, loc="upper right")
     fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
