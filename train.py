@@ -180,7 +180,10 @@ class Run:
 
     def append_curve(self, row):
         """One row of <task>_curve.csv; the file is rewritten whole, through a temporary file."""
-        rows = list(csv.DictReader(open(self.curve, newline=""))) if os.path.exists(self.curve) else []
+        rows = []
+        if os.path.exists(self.curve):
+            with open(self.curve, newline="") as f:
+                rows = list(csv.DictReader(f))
         with utils.atomic_path(self.curve) as tmp:
             with open(tmp, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=list(row))
@@ -298,7 +301,7 @@ def train(args):
 def train_ranks(args, ranks):
     train_data = dataset.load_data(os.path.join(args.data_dir, "train.npz"))
     valid_data = dataset.load_data(os.path.join(args.data_dir, "validation.npz"))
-    run_curve_on = dataset.subset(valid_data, args.curve_lines) if args.curve_every else None
+    curve_data = dataset.subset(valid_data, args.curve_lines) if args.curve_every else None
     if len(train_data) == 0 or len(valid_data) == 0:
         raise SystemExit(f"{args.data_dir}: the training or validation split is empty; "
                          "rerun data_preprocessing.py.")
@@ -324,7 +327,7 @@ def train_ranks(args, ranks):
         print(f"already at step {progress.step} >= --max_steps {args.max_steps}; nothing to do")
         return model, progress
     for epoch in range(progress.epoch, args.num_epochs):
-        stopped = train_epoch(args, run, trained, optimizer, train_data, progress, epoch, ranks, run_curve_on)
+        stopped = train_epoch(args, run, trained, optimizer, train_data, progress, epoch, ranks, curve_data)
         if stopped:
             if ranks.main:
                 print(f"stopped after {stopped}")
