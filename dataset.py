@@ -159,3 +159,11 @@ def collate(data, indices, max_points=None, device="cpu"):
     offsets, mask = pad([data.offsets[i][:max_points] for i in indices], np.float32)
     text, text_mask = pad([data.text_codes[i] for i in indices], np.int64)
     return offsets.to(device), mask.to(device), text.to(device), text_mask.to(device)
+
+
+def windows(predictions, most):
+    """Cut `predictions` time steps into the fewest windows of at most `most` steps, as equal in
+    length as can be (no short leftover window): a list of (start, stop), stop exclusive."""
+    count = max(1, -(-predictions // most))
+    bounds = [i * predictions // count for i in range(count + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))

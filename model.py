@@ -207,6 +207,11 @@ class State(NamedTuple):
     kappa: Optional[torch.Tensor] = None   # (B, K) window positions (synthesis)
     window: Optional[torch.Tensor] = None  # (B, A) last window vector w_{t-1} (synthesis)
 
+    def detach(self):
+        """The same values cut from the graph that computed them: truncated backpropagation
+        through time carries them into the next window of the same lines."""
+        return State(*(None if s is None else s.detach() for s in self))
+
 
 class HandwritingModel(nn.Module):
     def __init__(self, config):
@@ -631,15 +636,19 @@ class WindowedLSTM(torch.autograd.Function):
                 None, None, None, None)
 
 
-def sequence_nll(model, offsets, mask, text=None, text_mask=None):
+def sequence_nll(model, offsets, mask, text=None, text_mask=None, state=None, return_state=False):
     """Teacher-forced NLL of a padded batch.
 
     offsets (B, T+1, 3): each line's points, the model predicting point t+1 from points <= t;
     mask (B, T+1): 1 on real points. Returns (total nats over all real predicted points,
-    number of predicted points), so callers can average per point or per sequence.
+    number of predicted points), so callers can average per point or per sequence; with
+    return_state also the State after reading offsets[:, :-1], from which the next piece of the
+    same lines goes on (state: where this piece starts; None: the lines' start).
     """
     inputs, targets = offsets[:, :-1], offsets[:, 1:]
-    y, _, _ = model(inputs, text, text_mask)
+    y, final_state, _ = model(inputs, text, text_mask, state=state)
     nll = point_nll(split_mixture(y.to(targets.dtype)), targets)  # fp32 loss under bf16 autocast
     target_mask = mask[:, 1:].to(nll.dtype)
+    if return_state:
+        return (nll * target_mask).sum(), target_mask.sum(), final_state
     return (nll * target_mask).sum(), target_mask.sum()

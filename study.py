@@ -26,7 +26,12 @@ ARMS = {
     "warm": ("Adam 2e-3 after 100 warm-up steps, x0.5 per epoch applied per step",
              ["--learning_rate", "2e-3", "--warmup_steps", "100", "--decay_rate", "0.5", "--decay_per_step"]),
     "small": ("batches of 16 lines (Adam 8e-4)", ["--batch_size", "16"]),
+    "tbptt": ("batches of 50 cut into windows of at most 200 points, one step each, the state carried",
+              ["--tbptt", "200"]),
 }
+# a batch of training lines, cut to --timesteps 800, is about 700 points long (IAM-OnDB):
+# what --tbptt's steps per batch are estimated from
+BATCH_POINTS = 700
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -49,15 +54,21 @@ def parse_args(argv=None):
     return args
 
 
-def batch_size(flags):
-    return int(flags[flags.index("--batch_size") + 1]) if "--batch_size" in flags else 50
+def flag(flags, name, default):
+    return int(flags[flags.index(name) + 1]) if name in flags else default
+
+
+def steps_per_50_lines(flags):
+    """Optimizer steps an arm takes per 50 training lines: more with smaller batches, and with
+    --tbptt one per window of each batch."""
+    return 50 / flag(flags, "--batch_size", 50) * max(1.0, BATCH_POINTS / flag(flags, "--tbptt", BATCH_POINTS))
 
 
 def arm_command(args, name):
     """The train.py command line of one arm."""
     flags = ARMS[name][1]
     model_dir = os.path.join(args.out_dir, name)
-    every = max(1, round(args.curve_every * 50 / batch_size(flags)))  # the same lines between points
+    every = max(1, round(args.curve_every * steps_per_50_lines(flags)))  # about the same lines between points
     command = [sys.executable, os.path.join(ROOT, "train.py"), "--task", args.task, "--data_dir", args.data_dir,
                "--model_dir", model_dir, "--threads", "1", "--max_cpu_hours", str(args.cpu_minutes / 60),
                "--curve_every", str(every), "--save_every", str(every), *flags]

@@ -82,10 +82,15 @@ def parse_args(argv=None):
     p.add_argument("--warmup_steps", type=int, default=None,
                    help="raise the learning rate linearly from 0 over this many steps "
                         "(default: 100 with --init_from, else 0)")
+    p.add_argument("--tbptt", type=int, default=0, metavar="N",
+                   help="truncated backpropagation through time: cut each batch into the fewest equal "
+                        "windows of at most N predicted points, one optimizer step each, the state "
+                        "carried from window to window (0: one step per batch, through all of it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save_every", type=int, default=100,
                    help="also checkpoint every N steps (0: only at the end of each epoch)")
-    p.add_argument("--max_steps", type=int, default=0, help="stop after N optimizer steps (0: no limit)")
+    p.add_argument("--max_steps", type=int, default=0,
+                   help="stop after N optimizer steps (with --tbptt, after the batch that reaches N; 0: no limit)")
     p.add_argument("--max_cpu_hours", type=float, default=0,
                    help="stop once the run's lineage has used this much CPU time, all processes "
                         "together (checked where they meet: every --save_every or --curve_every "
@@ -98,7 +103,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.resume and args.init_from:
         p.error("--resume continues MODEL_DIR's run; --init_from starts a new one: choose one")
-    for name in ("save_every", "max_steps", "num_epochs", "max_cpu_hours", "curve_every"):
+    for name in ("save_every", "max_steps", "num_epochs", "max_cpu_hours", "curve_every", "tbptt"):
         if getattr(args, name) < 0:
             p.error(f"--{name} must be 0 or more, not {getattr(args, name)}")
     return args
@@ -288,6 +293,11 @@ def train(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     ranks = start_ranks(args)
+    if ranks.size > 1 and args.tbptt:
+        dist.destroy_process_group()
+        # the ranks' batches differ in length, so they would cut them into different numbers of steps
+        raise SystemExit("--tbptt is for one process: the ranks would take different numbers of steps. "
+                         "Run without torchrun, or without --tbptt.")
     try:
         result = train_ranks(args, ranks)
         if ranks.size > 1:
@@ -348,7 +358,7 @@ def train_epoch(args, run, model, optimizer, train_data, progress, epoch, ranks,
     """Train the rest of epoch `epoch`; returns None, or the option (--max_steps, --max_cpu_hours)
     that stopped it first. With --curve_every, rank 0 logs the NLL of curve_data on the way."""
     # the batch order is a function of (seed, epoch), so a resumed run sees the same batches;
-    # step s takes batches s * ranks.size ... s * ranks.size + ranks.size - 1, one per rank
+    # the loop's step s takes batches s * ranks.size ... s * ranks.size + ranks.size - 1, one per rank
     batches = dataset.make_batches([len(x) for x in train_data.offsets], args.batch_size,
                                    np.random.default_rng([args.seed, epoch]), args.bucket_pool)
     steps = len(batches) // ranks.size
@@ -357,39 +367,46 @@ def train_epoch(args, run, model, optimizer, train_data, progress, epoch, ranks,
     bar = tqdm(total=steps, initial=progress.step_in_epoch, desc=f"epoch {epoch + 1}/{args.num_epochs}",
                disable=not ranks.main)
     for step in range(progress.step_in_epoch, steps):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(args, epoch, progress, steps)
         indices = batches[step * ranks.size + ranks.rank]
-        batch = dataset.collate(train_data, indices, args.timesteps + 1, args.device)
-        nll, count, lines = train_step(args, model, optimizer, batch, ranks)
-        if nll is None:
-            # a non-finite step would poison the weights and Adam's moments: it was skipped
-            progress.bad_steps += 1
-            tqdm.write(f"step {progress.step}: non-finite loss or gradient, step skipped")
-            if progress.bad_steps >= 10:
-                raise SystemExit(f"10 non-finite steps in a row; stopping. {run.last} holds the last "
-                                 f"weights saved before the failures began (and {run.best} the best "
-                                 "epoch's). Try a lower --learning_rate.")
-        else:
+        offsets, mask, text, text_mask = dataset.collate(train_data, indices, args.timesteps + 1, args.device)
+        predictions = offsets.shape[1] - 1
+        steps_before, state, batch_lines = progress.step, None, 0
+        # one optimizer step per window of the batch (one window unless --tbptt)
+        for start, stop in dataset.windows(predictions, args.tbptt or predictions):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(args, epoch, progress, steps)
+            window = (offsets[:, start:stop + 1], mask[:, start:stop + 1], text, text_mask)
+            nll, count, lines, state = train_step(args, model, optimizer, window, ranks, state)
+            progress.step += 1
+            if nll is None:
+                # a non-finite step would poison the weights and Adam's moments: it was skipped
+                progress.bad_steps += 1
+                tqdm.write(f"step {progress.step - 1}: non-finite loss or gradient, step skipped")
+                if progress.bad_steps >= 10:
+                    raise SystemExit(f"10 non-finite steps in a row; stopping. {run.last} holds the last "
+                                     f"weights saved before the failures began (and {run.best} the best "
+                                     "epoch's). Try a lower --learning_rate.")
+                continue
             progress.bad_steps = 0
             progress.epoch_nll += nll
             progress.epoch_points += count
-            progress.epoch_lines += lines
             progress.window_nll += nll
             progress.window_points += count
             progress.points += count
             points_this_run += count
+            batch_lines = lines
             bar.set_postfix(nats_per_point=f"{nll / count:.3f}",
                             points_per_s=f"{points_this_run / (time.time() - started):.0f}")
-        progress.step += 1
+        progress.epoch_lines += batch_lines
         progress.step_in_epoch += 1
         cpu_unsummed += time.process_time() - cpu_mark
         progress.epoch_seconds += time.time() - wall_mark
         cpu_mark, wall_mark = time.process_time(), time.time()
         bar.update(1)
+        # checks come between batches: due when the batch's steps reached a multiple of N
+        due = lambda every: every and progress.step // every > steps_before // every
         stop = "--max_steps" if args.max_steps and progress.step >= args.max_steps else None
-        save_due = args.save_every and progress.step % args.save_every == 0
-        curve_due = args.curve_every and progress.step % args.curve_every == 0
+        save_due, curve_due = due(args.save_every), due(args.curve_every)
         if save_due or curve_due or stop or progress.step_in_epoch == steps:
             # every rank reaches these points together: add all ranks' CPU time in one all_reduce
             progress.cpu_seconds += ranks.sum([cpu_unsummed], args.device)[0]
@@ -424,22 +441,24 @@ def unwrapped(model):
     return getattr(model, "module", model)
 
 
-def train_step(args, model, optimizer, batch, ranks):
-    """One optimizer step on the mean NLL per point of all ranks' batches together. Returns their
-    (NLL, points, lines), or Nones when the loss or the gradient is not finite and the step was
-    skipped (by every rank alike: they see the same sums and the same averaged gradient)."""
+def train_step(args, model, optimizer, batch, ranks, state=None):
+    """One optimizer step on the mean NLL per point of all ranks' batches together, the lines
+    starting from `state` (None: their beginning). Returns their (NLL, points, lines), or Nones
+    when the loss or the gradient is not finite and the step was skipped (by every rank alike:
+    they see the same sums and the same averaged gradient); and the state after the batch, cut
+    from the graph, where the next window of the same lines starts."""
     offsets, mask, text, text_mask = batch
     with autocast(args.device, args.precision):
-        nll, count = sequence_nll(model, offsets, mask, text, text_mask)
+        nll, count, state = sequence_nll(model, offsets, mask, text, text_mask, state, return_state=True)
     total_nll, total_count, lines = ranks.sum([nll.item(), count.item(), len(offsets)], args.device)
     optimizer.zero_grad(set_to_none=True)
     # DDP averages the ranks' gradients: times ranks.size, that is the gradient of the global mean
     (nll * (ranks.size / total_count)).backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or math.inf)
     if not (math.isfinite(total_nll) and torch.isfinite(grad_norm)):
-        return None, None, None
+        return None, None, None, state.detach()
     optimizer.step()
-    return total_nll, total_count, int(lines)
+    return total_nll, total_count, int(lines), state.detach()
 
 
 def end_epoch(args, run, model, optimizer, train_data, valid_data, progress, epoch, ranks):

@@ -17,6 +17,8 @@ def test_each_arm_is_train_py_with_its_flags_a_budget_and_curve_points_every_as_
     assert value(seed, "--max_cpu_hours") == "0.2" and value(seed, "--model_dir") == str(tmp_path / "seed")
     assert value(seed, "--curve_every") == "20" and value(small, "--curve_every") == "62"  # 20 * 50 / 16
     assert value(small, "--batch_size") == "16" and "--compile" in seed and "--resume" not in seed
+    tbptt = study.arm_command(args, "tbptt")
+    assert value(tbptt, "--tbptt") == "200" and value(tbptt, "--curve_every") == "70"  # 20 * 700 / 200
     (tmp_path / "seed").mkdir()
     (tmp_path / "seed" / "synthesis_last.pt").write_bytes(b"")
     assert "--resume" in study.arm_command(args, "seed")  # an interrupted arm goes on

@@ -437,12 +437,12 @@ def nan_on_training_calls(monkeypatch, bad_calls):
     real, calls = train.sequence_nll, []
 
     def patched(model, *args, **kwargs):
-        nll, count = real(model, *args, **kwargs)
+        nll, count, *state = real(model, *args, **kwargs)  # training asks for the state too
         if model.training:
             calls.append(1)
             if len(calls) in bad_calls:
                 nll = nll * float("nan")
-        return nll, count
+        return (nll, count, *state)
 
     monkeypatch.setattr(train, "sequence_nll", patched)
     return calls
@@ -495,12 +495,12 @@ def test_a_diverging_run_does_not_overwrite_the_last_good_checkpoint(tmp_path, d
     calls = []
 
     def exploding(model, *args, **kwargs):
-        nll, count = real(model, *args, **kwargs)
+        nll, count, *state = real(model, *args, **kwargs)
         if model.training:
             calls.append(1)
             if len(calls) > 4:
                 nll = nll * 1000 + 1e4 * count  # finite, and far worse than before
-        return nll, count
+        return (nll, count, *state)
 
     monkeypatch.setattr(train, "sequence_nll", exploding)
     run(data_dir, tmp_path, "rand_write", "--max_steps", "8", "--save_every", "2")
@@ -706,3 +706,88 @@ def test_negative_budget_or_curve_interval_is_refused(capsys):
         with pytest.raises(SystemExit):
             train.parse_args([flag, "-1"])
         assert f"{flag} must be 0 or more" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- truncated backpropagation
+
+def test_windows_are_the_fewest_of_at_most_n_steps_and_near_equal():
+    assert dataset.windows(10, 4) == [(0, 3), (3, 6), (6, 10)]  # not 4 + 4 + a leftover 2
+    assert dataset.windows(8, 4) == [(0, 4), (4, 8)]
+    assert dataset.windows(5, 10) == [(0, 5)]
+    assert dataset.windows(0, 10) == [(0, 0)]
+
+
+@pytest.mark.parametrize("task", ["rand_write", "synthesis"])
+def test_windows_with_the_state_carried_add_up_to_the_whole_lines_nll(data_dir, task):
+    """Reading a batch window by window, each from the state the last one left, is the same
+    computation as reading it whole: the windows' NLLs sum to the whole batch's."""
+    train_data = dataset.load_data(os.path.join(data_dir, "train.npz"))
+    offsets, mask, text, text_mask = dataset.collate(train_data, range(8))
+    torch.manual_seed(0)
+    config = ModelConfig(task=task, cell_size=16, num_clusters=3, K=2, alphabet_size=len(dataset.ALPHABET))
+    model = HandwritingModel(config)
+    whole, whole_count = sequence_nll(model, offsets, mask, text, text_mask)
+    total, count, state = 0.0, 0.0, None
+    for start, stop in dataset.windows(offsets.shape[1] - 1, 7):
+        nll, points, state = sequence_nll(model, offsets[:, start:stop + 1], mask[:, start:stop + 1], text,
+                                          text_mask, state, return_state=True)
+        total, count = total + nll, count + points
+    assert count == whole_count and total.item() == pytest.approx(whole.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("task", ["rand_write", "synthesis"])
+def test_tbptt_steps_once_per_window_from_the_state_the_last_window_left(tmp_path, data_dir, task):
+    """--tbptt cutting the first batch in two: the first step is a plain Adam step on the first
+    window from the lines' start, the second one on the second window from the state that the
+    first window's forward pass left (computed before the first step, cut from the graph)."""
+    train_data = dataset.load_data(os.path.join(data_dir, "train.npz"))
+    first_batch = dataset.make_batches([len(x) for x in train_data.offsets], 8, np.random.default_rng([0, 0]))[0]
+    offsets, mask, text, text_mask = dataset.collate(train_data, first_batch)
+    predictions = offsets.shape[1] - 1
+    tbptt = -(-predictions // 2)  # two windows: predictions // 2 and the rest
+
+    torch.manual_seed(0)
+    config = ModelConfig(task=task, cell_size=16, num_clusters=3, K=2, alphabet_size=len(dataset.ALPHABET))
+    expected = HandwritingModel(config)
+    adam = torch.optim.Adam(expected.parameters(), lr=1e-2)
+    state = None
+    for start, stop in [(0, predictions // 2), (predictions // 2, predictions)]:
+        inputs, targets, target_mask = offsets[:, start:stop], offsets[:, start + 1:stop + 1], mask[:, start + 1:stop + 1]
+        y, state, _ = expected(inputs, text, text_mask, state=state)
+        nll = model_module.point_nll(model_module.split_mixture(y), targets)
+        adam.zero_grad()
+        ((nll * target_mask).sum() / target_mask.sum()).backward()
+        torch.nn.utils.clip_grad_norm_(expected.parameters(), 10.0)
+        adam.step()
+        state = model_module.State(*(None if s is None else s.detach() for s in state))
+
+    trained, progress = run(data_dir, tmp_path / "tbptt", task, "--tbptt", str(tbptt), "--max_steps", "2")
+    assert progress.step == 2 and progress.step_in_epoch == 1 and progress.points == mask[:, 1:].sum().item()
+    for name, value in expected.state_dict().items():
+        torch.testing.assert_close(trained.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+    # without --tbptt the same batch is one step through all of it
+    _, progress = run(data_dir, tmp_path / "whole", task, "--max_steps", "1")
+    assert progress.step == 1 and progress.step_in_epoch == 1
+
+
+def test_tbptt_checkpoints_when_a_batchs_steps_pass_a_multiple_of_save_every(tmp_path, data_dir):
+    """With several steps a batch, the step count jumps past multiples of --save_every: a save is
+    due at the end of the batch that passes one, and the run resumes exactly from there."""
+    train_data = dataset.load_data(os.path.join(data_dir, "train.npz"))
+    batches = dataset.make_batches([len(x) for x in train_data.offsets], 8, np.random.default_rng([0, 0]))
+    windows = [len(dataset.windows(len(dataset.collate(train_data, b)[0][0]) - 1, 10)) for b in batches]
+    uninterrupted, progress = run(data_dir, tmp_path / "a", "rand_write", "--tbptt", "10", "--num_epochs", "1")
+    assert progress.step == sum(windows) and progress.epoch == 1
+    # stop at the end of the first batch whose steps reach 5, as a crash after the save would
+    _, stopped = run(data_dir, tmp_path / "b", "rand_write", "--tbptt", "10", "--save_every", "5",
+                     "--max_steps", "5")
+    after = next(k + 1 for k in range(len(windows)) if sum(windows[:k + 1]) >= 5)
+    assert stopped.step_in_epoch == after and stopped.step == sum(windows[:after])
+    resumed, _ = run(data_dir, tmp_path / "b", "rand_write", "--tbptt", "10", "--resume", "--num_epochs", "1")
+    assert same_weights(resumed, uninterrupted)
+
+
+def test_tbptt_is_refused_when_negative(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--tbptt", "-1"])
+    assert "--tbptt must be 0 or more" in capsys.readouterr().err
