@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from model import (GenerationStep, HandwritingModel, Mixture, ModelConfig, draw_noise, gaussian_log_density,
-                   point_nll, sample_mixture, sequence_nll, split_mixture, window_weights)
+                   pen_projection, point_nll, sample_mixture, sequence_nll, split_mixture, window_weights)
 
 
 # ----------------------------------------------------------------------------- numpy references
@@ -627,3 +627,18 @@ def test_compiled_steps_match_eager():
         results.append([hs, ws, c, kappa, phi] + [x.grad for x in inputs])
     for eager, compiled in zip(*results):
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_pen_projection_is_nn_linear_in_values_and_gradients():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(3, 8).double()
+    offsets = torch.randn(4, 5, 3, dtype=torch.float64)[:, 1:]  # a window: not contiguous
+    grad = torch.randn(4, 4, 8, dtype=torch.float64)
+    expected = linear(offsets)
+    expected_weight, expected_bias = torch.autograd.grad(expected, [linear.weight, linear.bias], grad)
+    got = pen_projection(offsets, linear)
+    weight, bias = torch.autograd.grad(got, [linear.weight, linear.bias], grad)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(weight, expected_weight)
+    torch.testing.assert_close(bias, expected_bias)
+    torch.testing.assert_close(weight, torch.einsum("btj,bti->ji", grad, offsets))  # the chain rule by hand
