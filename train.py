@@ -83,7 +83,7 @@ def parse_args(argv=None):
                    help="raise the learning rate linearly from 0 over this many steps "
                         "(default: 100 with --init_from, else 0)")
     p.add_argument("--tbptt", type=int, default=0, metavar="N",
-                   help="truncated backpropagation through time: cut each batch into the fewest equal "
+                   help="truncated backpropagation through time: cut each batch into the fewest near-equal "
                         "windows of at most N predicted points, one optimizer step each, the state "
                         "carried from window to window (0: one step per batch, through all of it)")
     p.add_argument("--seed", type=int, default=0)
