@@ -759,7 +759,7 @@ def test_tbptt_steps_once_per_window_from_the_state_the_last_window_left(tmp_pat
         ((nll * target_mask).sum() / target_mask.sum()).backward()
         torch.nn.utils.clip_grad_norm_(expected.parameters(), 10.0)
         adam.step()
-        state = model_module.State(*(None if s is None else s.detach() for s in state))
+        state = state.detach()
 
     trained, progress = run(data_dir, tmp_path / "tbptt", task, "--tbptt", str(tbptt), "--max_steps", "2")
     assert progress.step == 2 and progress.step_in_epoch == 1 and progress.points == mask[:, 1:].sum().item()
