@@ -202,8 +202,12 @@ def pen_projection(offsets, linear):
     """linear(offsets) for the pen's 3 features: the same values, in a form whose backward pass is
     fast. nn.Linear's backward keeps the weight's layout and takes its gradient as
     (grad^T @ offsets)^T, a (4H x BT) by (BT x 3) product that a CPU runs many times slower than
-    offsets^T @ grad, the one autograd picks when the product's weight is a contiguous (3, 4H)."""
-    flat = torch.addmm(linear.bias, offsets.reshape(-1, offsets.shape[-1]), linear.weight.t().contiguous())
+    offsets^T @ grad, the one autograd picks when the product's weight is a contiguous (3, 4H).
+    Always in full precision: with 3 inputs the product is bound by memory, not arithmetic, so bf16
+    would only add two conversions of the (B, T, 4H) result (forward and backward)."""
+    with torch.autocast(offsets.device.type, enabled=False):
+        flat = torch.addmm(linear.bias, offsets.reshape(-1, offsets.shape[-1]).to(linear.weight.dtype),
+                           linear.weight.t().contiguous())
     return flat.view(*offsets.shape[:-1], -1)
 
 

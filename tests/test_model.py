@@ -642,3 +642,17 @@ def test_pen_projection_is_nn_linear_in_values_and_gradients():
     torch.testing.assert_close(weight, expected_weight)
     torch.testing.assert_close(bias, expected_bias)
     torch.testing.assert_close(weight, torch.einsum("btj,bti->ji", grad, offsets))  # the chain rule by hand
+
+
+def test_pen_projection_stays_in_full_precision_under_bf16_autocast():
+    # bf16 would round the (B, T, 4H) result to 8 bits of mantissa: errors near 1e-2, not 1e-6
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(3, 64)
+    offsets = torch.randn(2, 7, 3) * 3
+    expected = offsets @ linear.weight.t() + linear.bias
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = pen_projection(offsets, linear)
+        rounded = linear(offsets)  # what autocast makes of a plain nn.Linear
+    assert got.dtype == torch.float32 and rounded.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    assert (rounded.float() - expected).abs().max() > 1e-3
