@@ -158,7 +158,9 @@ def test_check_precision_reports_the_fp32_figures_and_a_small_bf16_change(tmp_pa
     model = HandwritingModel(ModelConfig(task="synthesis", cell_size=8, alphabet_size=len(dataset.ALPHABET)))
     valid = bench.validation_subset(bench.argparse.Namespace(data_dir=data_dir, validation_lines=4))
     assert abs(fp32 - evaluate(model, valid, 4, "cpu")[0]) <= 0.006
-    assert fp32 != bf16 and abs(fp32 - bf16) < 0.02 * abs(fp32)
+    # at two decimals a tiny model's bf16 figure may equal the fp32 one; the gradient distances
+    # below show that bf16 changed something
+    assert abs(fp32 - bf16) < 0.02 * abs(fp32)
     bf16_distances = [float(v) for v in re.findall(r"gradient distance bf16 from fp32 (\d\.\d+)", out)]
     batch_distances = [float(v) for v in re.findall(r"fp32 from the previous batch's (\d\.\d+)", out)]
     assert len(bf16_distances) == 3 and len(batch_distances) == 2
