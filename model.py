@@ -395,7 +395,7 @@ class HandwritingModel(nn.Module):
             raise ValueError("the synthesis model needs text codes and a text mask")
         dtype = self.layer1_input.weight.dtype  # the recurrence keeps its state in full precision
         one_hot = F.one_hot(text, self.window_size).to(dtype)  # (B, U, A)
-        input_gates = pen_projection(offsets, self.layer1_input).to(dtype)  # (B, T, 4H): x's share, all steps
+        input_gates = pen_projection(offsets, self.layer1_input)  # (B, T, 4H) in dtype: x's share, all steps
         # bf16 products inside the recurrence exactly when autocast asks for them
         device_type = offsets.device.type
         matmul_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else dtype
