@@ -3,6 +3,7 @@
     python train.py --task rand_write
     python train.py --task synthesis
     python train.py --task synthesis --resume                       # continue a stopped run exactly
+    python train.py --task synthesis --resume --learning_rate 1e-4  # ... with a lower rate
     python train.py --task synthesis --init_from save/synthesis.pt  # go on from the shipped weights
     torchrun --standalone --nproc_per_node=2 train.py --task synthesis --threads 1   # data-parallel
 
@@ -74,7 +75,9 @@ def parse_args(argv=None):
     p.add_argument("--model_dir", default="save")
     p.add_argument("--grad_clip", type=float, default=10.0,
                    help="clip the global gradient norm of the per-point loss to this (0: off)")
-    p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/<task>_last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from MODEL_DIR/<task>_last.pt, with the run's own options (rate, "
+                        "schedule, batches, --tbptt, model size) except those given again")
     p.add_argument("--init_from", metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (shipped, exported or a training one) "
                         "with a fresh optimizer and a learning-rate warm-up; epochs count on from "
@@ -106,7 +109,44 @@ def parse_args(argv=None):
     for name in ("save_every", "max_steps", "num_epochs", "max_cpu_hours", "curve_every", "tbptt"):
         if getattr(args, name) < 0:
             p.error(f"--{name} must be 0 or more, not {getattr(args, name)}")
+    if args.resume:
+        take_run_options(args, given_options(p, argv))
     return args
+
+
+# what a run learns with: --resume takes these from the run unless the command line gives them.
+# Where it runs (--device, --precision, --compile, --threads, --data_dir) and when this invocation
+# stops (--max_steps, --max_cpu_hours) are the command line's.
+RUN_OPTIONS = ("cell_size", "num_clusters", "K", "batch_size", "timesteps", "bucket_pool", "num_epochs",
+               "learning_rate", "decay_rate", "decay_per_step", "grad_clip", "tbptt", "seed",
+               "save_every", "curve_every", "curve_lines")
+
+
+def given_options(parser, argv):
+    """The names of the options the command line gives (argparse leaves preset attributes alone)."""
+    unset = object()
+    preset = argparse.Namespace(**{action.dest: unset for action in parser._actions})
+    return {name for name, value in vars(parser.parse_args(argv, preset)).items() if value is not unset}
+
+
+def take_run_options(args, given):
+    """--resume: RUN_OPTIONS not given take the values the run was started with, so that `--resume`
+    alone goes on exactly; those given replace the run's, and are listed."""
+    path = os.path.join(args.model_dir, f"{args.task}_last.pt")
+    try:
+        saved = checkpoint.load(path).get("args", {})
+    except (FileNotFoundError, checkpoint.CheckpointError):
+        return  # start() says what is missing or wrong
+    changed = []
+    for name in RUN_OPTIONS:
+        if name not in saved:
+            continue
+        if name not in given:
+            setattr(args, name, saved[name])
+        elif getattr(args, name) != saved[name]:
+            changed.append(f"--{name} {saved[name]} -> {getattr(args, name)}")
+    if changed:
+        print(f"--resume with options changed from the run's: {', '.join(changed)}")
 
 
 # ----------------------------------------------------------------------------- the run's state

@@ -267,6 +267,25 @@ def test_resumed_history_equals_uninterrupted(tmp_path, data_dir, split):
             assert b[key] == pytest.approx(a[key], rel=1e-6), key
 
 
+def test_resume_alone_goes_on_with_the_runs_own_options(tmp_path, data_dir):
+    """`--resume` with none of the run's options repeated ends where the uninterrupted run ends; an
+    option given again replaces the run's; when to stop is each invocation's own."""
+    base = ["--task", "rand_write", "--data_dir", data_dir, "--device", "cpu", "--precision", "fp32", *TINY_MODEL]
+    recipe = ["--learning_rate", "3e-3", "--decay_rate", "0.5", "--tbptt", "20", "--num_epochs", "2"]
+    straight, _ = train.train(train.parse_args([*base, "--model_dir", str(tmp_path / "a"), *recipe]))
+    split = [*base, "--model_dir", str(tmp_path / "b")]
+    train.train(train.parse_args([*split, *recipe, "--max_steps", "3"]))
+    args = train.parse_args([*split, "--resume"])
+    assert (args.learning_rate, args.decay_rate, args.tbptt, args.num_epochs) == (3e-3, 0.5, 20, 2)
+    assert args.max_steps == 0
+    resumed, _ = train.train(args)
+    assert same_weights(straight, resumed)
+    lowered = train.parse_args([*split, "--resume", "--learning_rate=1e-3"])
+    assert (lowered.learning_rate, lowered.tbptt) == (1e-3, 20)
+    fresh = train.parse_args([*split, "--model_dir", str(tmp_path / "c")])  # not --resume: the defaults
+    assert (fresh.learning_rate, fresh.tbptt) == (8e-4, 0)
+
+
 def test_resume_without_checkpoint(tmp_path, data_dir):
     with pytest.raises(SystemExit, match="no checkpoint"):
         run(data_dir, tmp_path, "rand_write", "--resume")
