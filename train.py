@@ -132,9 +132,8 @@ def given_options(parser, argv):
 def take_run_options(args, given):
     """--resume: RUN_OPTIONS not given take the values the run was started with, so that `--resume`
     alone goes on exactly; those given replace the run's, and are listed."""
-    path = os.path.join(args.model_dir, f"{args.task}_last.pt")
     try:
-        saved = checkpoint.load(path).get("args", {})
+        saved = checkpoint.load(Run(args, writes=False).last).get("args", {})
     except (FileNotFoundError, checkpoint.CheckpointError):
         return  # start() says what is missing or wrong
     changed = []
