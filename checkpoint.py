@@ -1,7 +1,7 @@
 """The checkpoint format: one .pt file holds a model and everything needed to use it.
 
 A module of its own because four scripts share the format: train.py writes and resumes it,
-generate.py and evaluate.py read it, bench.py reads it, and exporting has a command line.
+generate.py and evaluate.py read it, bench.py reads it, and exporting and averaging have a command line.
 
 A checkpoint is a dict:
     model                     the state_dict
@@ -20,6 +20,7 @@ trained on (train.py --init_from) but not resumed. Files are read with torch.loa
 a crafted checkpoint cannot run code.
 
     python checkpoint.py export save/synthesis_best.pt save/synthesis.pt
+    python checkpoint.py average save/synthesis_avg.pt snapshots/synthesis_*.pt
     python checkpoint.py show save/synthesis.pt
 """
 import argparse
@@ -161,6 +162,38 @@ def export(src, dst):
         torch.save(exported, tmp)
 
 
+def average(sources, dst):
+    """Write the mean of the weights of checkpoints `sources` to `dst`, exported, atomically.
+
+    Snapshots of one run taken every few hundred steps at a constant learning rate lie around the
+    bottom of a valley that each of them misses by a little noise; their mean lies nearer to it
+    (Polyak averaging; Izmailov et al. 2018, "Averaging Weights Leads to Wider Optima"). Everything
+    but the weights (progress, history, options) is the last source's. The sources must share the
+    model, alphabet and normalisation.
+    """
+    if not sources:
+        raise CheckpointError("average needs at least one checkpoint to average")
+    checkpoints = [load(path) for path in sources]
+    last = checkpoints[-1]
+    for path, checkpoint in zip(sources, checkpoints):
+        for key in ("config", "alphabet", "offset_mean", "offset_std"):
+            if checkpoint.get(key) != last.get(key):
+                raise CheckpointError(f"{path} differs from {sources[-1]} in its {key}: only checkpoints "
+                                      "of one model, trained on the same data, can be averaged")
+    weights = {}
+    for name, tensor in last["model"].items():
+        if tensor.is_floating_point():  # summed in float64: exact enough whatever the count
+            total = sum(checkpoint["model"][name].double() for checkpoint in checkpoints)
+            weights[name] = (total / len(checkpoints)).to(tensor.dtype)
+        else:
+            weights[name] = tensor
+    averaged = {k: v for k, v in last.items() if k not in RESUME_ONLY_KEYS}
+    averaged["model"] = weights
+    averaged["averaged_from"] = [os.path.basename(path) for path in sources]
+    with utils.atomic_path(dst) as tmp:
+        torch.save(averaged, tmp)
+
+
 def describe(checkpoint):
     """One paragraph about a checkpoint: model, training so far, best validation."""
     history = checkpoint.get("history", [])
@@ -171,6 +204,9 @@ def describe(checkpoint):
         best = min(history, key=lambda r: r["validation_nats_per_sequence"])
         lines.append(f"best validation {best['validation_nats_per_sequence']:.1f} nats/line "
                      f"({best['validation_nats_per_point']:.4f}/point) after epoch {best['epoch']}")
+    if "averaged_from" in checkpoint:
+        lines.append(f"weights: the mean of {len(checkpoint['averaged_from'])} checkpoints "
+                     f"({', '.join(checkpoint['averaged_from'])})")
     lines.append("training checkpoint (resumable)" if "optimizer" in checkpoint else "exported (not resumable)")
     return "\n".join(lines)
 
@@ -181,6 +217,9 @@ def main(argv=None):
     export_command = commands.add_parser("export", help="strip a training checkpoint to what generation needs")
     export_command.add_argument("src")
     export_command.add_argument("dst")
+    average_command = commands.add_parser("average", help="write the mean of several checkpoints' weights")
+    average_command.add_argument("dst")
+    average_command.add_argument("sources", nargs="+", metavar="src")
     show_command = commands.add_parser("show", help="say what a checkpoint holds")
     show_command.add_argument("path")
     args = p.parse_args(argv)
@@ -188,6 +227,9 @@ def main(argv=None):
         if args.command == "export":
             export(args.src, args.dst)
             print(f"wrote {args.dst}")
+        elif args.command == "average":
+            average(args.sources, args.dst)
+            print(f"wrote {args.dst}, the mean of {len(args.sources)} checkpoints")
         else:
             print(describe(load(args.path)))
     except (FileNotFoundError, CheckpointError) as e:

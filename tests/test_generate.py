@@ -327,3 +327,25 @@ def test_an_output_that_cannot_be_written_is_a_sentence(checkpoints, tmp_path):
         generate.main(["--task", "rand_write", "--checkpoint", checkpoints["rand_write"], "--num_samples", "1",
                        "--length", "5", "--out", str(tmp_path / "file" / "out.png")])
     assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_average_writes_the_mean_of_the_weights_and_keeps_the_rest_of_the_last(checkpoints, tmp_path):
+    first = torch.load(checkpoints["synthesis"], map_location="cpu", weights_only=False)
+    second = dict(first, model={name: tensor * 3 + 1 for name, tensor in first["model"].items()}, step=7)
+    torch.save(second, tmp_path / "second.pt")
+    out = str(tmp_path / "mean.pt")
+    checkpoint.main(["average", out, checkpoints["synthesis"], str(tmp_path / "second.pt")])
+    mean = torch.load(out, map_location="cpu", weights_only=False)
+    for name, tensor in first["model"].items():  # (w + 3w + 1) / 2 = 2w + 0.5
+        torch.testing.assert_close(mean["model"][name], tensor * 2 + 0.5)
+    assert mean["step"] == 7 and "optimizer" not in mean
+    assert mean["averaged_from"] == ["synthesis_last.pt", "second.pt"]
+    assert "the mean of 2 checkpoints" in checkpoint.describe(mean)
+    Writer.load(out).write(["ab"], bias=0.5, seed=3, max_points_per_char=5)  # it is a usable model
+
+
+def test_average_refuses_checkpoints_of_different_models(checkpoints, tmp_path):
+    out = tmp_path / "mean.pt"
+    with pytest.raises(SystemExit, match="differs from .* in its config: only checkpoints of one model"):
+        checkpoint.main(["average", str(out), checkpoints["synthesis"], checkpoints["rand_write"]])
+    assert not out.exists()
