@@ -13,8 +13,9 @@ real lines of the same texts are drawn identically (same scale, pen width and ma
 Tesseract OCR, an external program (`apt-get install tesseract-ocr`). Reported: the character error
 rate (edit distance / characters) of each, their ratio, how many generated lines stalled at the
 step cap (model.MAX_POINTS_PER_CHAR), and the median pace of both in points per character. OCR of
-handwriting is harsh even on real lines, so the human figure is the baseline. A stall trial (no OCR needed) writes the subset's first 3 texts with seeds 0-3 at biases 0.5, 1 and 2
-and counts the lines that stall.
+handwriting is harsh even on real lines, so the human figure is the baseline. A stall trial (no
+OCR needed) writes the subset's first 3 texts with seeds 0-3 at biases 0.5, 1 and 2 and counts the
+lines that stall.
 
 Each run appends one row to --log (CSV), so curves over checkpoints can be drawn.
 """
