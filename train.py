@@ -12,6 +12,7 @@ Reads data/train.npz and data/validation.npz (made by data_preprocessing.py); wr
     <task>_best.pt    the epoch with the lowest validation NLL
     <task>_log.csv    train / validation NLL per epoch
     <task>_loss.png   the loss curves
+    snapshots/        with --snapshots: the weights of every --save_every checkpoint, to average
     <task>_curve.csv  with --curve_every N: validation NLL on --curve_lines lines every N steps,
                       against training CPU seconds and points seen (the learning-curve study)
 The recipe is the seed's: Adam at --learning_rate, decayed by --decay_rate every epoch, on batches
@@ -92,6 +93,10 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save_every", type=int, default=100,
                    help="also checkpoint every N steps (0: only at the end of each epoch)")
+    p.add_argument("--snapshots", action="store_true",
+                   help="also keep the weights of every --save_every checkpoint, as "
+                        "MODEL_DIR/snapshots/<task>_step<N>.pt (exported: weights only), to average "
+                        "the last of them with `checkpoint.py average`")
     p.add_argument("--max_steps", type=int, default=0,
                    help="stop after N optimizer steps (with --tbptt, after the batch that reaches N; 0: no limit)")
     p.add_argument("--max_cpu_hours", type=float, default=0,
@@ -119,7 +124,7 @@ def parse_args(argv=None):
 # stops (--max_steps, --max_cpu_hours) are the command line's.
 RUN_OPTIONS = ("cell_size", "num_clusters", "K", "batch_size", "timesteps", "bucket_pool", "num_epochs",
                "learning_rate", "decay_rate", "decay_per_step", "grad_clip", "tbptt", "seed",
-               "save_every", "curve_every", "curve_lines")
+               "save_every", "snapshots", "curve_every", "curve_lines")
 
 
 def given_options(parser, argv):
@@ -187,6 +192,7 @@ class Run:
         self.log = os.path.join(args.model_dir, f"{args.task}_log.csv")
         self.plot = os.path.join(args.model_dir, f"{args.task}_loss.png")
         self.curve = os.path.join(args.model_dir, f"{args.task}_curve.csv")
+        self.snapshots = os.path.join(args.model_dir, "snapshots")
 
     def save(self, path, model, optimizer, progress, data):
         if self.writes:
@@ -196,20 +202,28 @@ class Run:
                 raise SystemExit(str(e))
 
     def save_last(self, model, optimizer, progress, data):
-        """Save <task>_last.pt unless training is diverging: no good step since it was last due,
-        non-finite weights, or a training loss more than 1 nat per point above that of the window
-        last saved. Diverging weights must not replace the last good ones."""
+        """Save <task>_last.pt unless training is diverging: only skipped steps since the last
+        save, non-finite weights, or a training loss more than 1 nat per point above that of the
+        window last saved. Diverging weights must not replace the last good ones. No step at all
+        since the last save (an epoch's end just after a --save_every) saves the new progress."""
         window = progress.window_nll / progress.window_points if progress.window_points else math.nan
-        diverging = (not progress.window_points or window > progress.saved_nats_per_point + 1.0
-                     or not all(torch.isfinite(p).all() for p in model.parameters()))
+        no_step_since = not progress.window_points and not progress.bad_steps
+        diverging = not no_step_since and (
+            not progress.window_points or window > progress.saved_nats_per_point + 1.0
+            or not all(torch.isfinite(p).all() for p in model.parameters()))
         progress.window_nll, progress.window_points = 0.0, 0.0
         if diverging:
             if self.writes:
                 tqdm.write(f"step {progress.step}: training is diverging (loss {window:.3f} nats/point): "
                            f"{self.last} keeps the weights it has")
             return
-        progress.saved_nats_per_point = window
+        if not no_step_since:
+            progress.saved_nats_per_point = window
         self.save(self.last, model, optimizer, progress, data)
+        if self.args.snapshots and self.writes:
+            os.makedirs(self.snapshots, exist_ok=True)
+            self.save(os.path.join(self.snapshots, f"{self.args.task}_step{progress.step}.pt"),
+                      model, None, progress, data)
 
     def write_log(self, history):
         if not self.writes:

@@ -810,3 +810,24 @@ def test_tbptt_is_refused_when_negative(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--tbptt", "-1"])
     assert "--tbptt must be 0 or more" in capsys.readouterr().err
+
+
+def test_snapshots_keep_the_weights_of_every_save_and_average_into_their_mean(tmp_path, data_dir, capsys):
+    # 4 steps an epoch, saved every 2: snapshots after steps 2, 4, 6, 8 (epoch ends coincide)
+    model, _ = run(data_dir, tmp_path, "rand_write", "--num_epochs", "2", "--save_every", "2", "--snapshots")
+    assert "diverging" not in capsys.readouterr().out
+    folder = tmp_path / "snapshots"
+    names = sorted(os.listdir(folder), key=lambda n: int(n[len("rand_write_step"):-3]))
+    assert names == [f"rand_write_step{s}.pt" for s in (2, 4, 6, 8)]
+    snapshots = [checkpoint_module.load(str(folder / name)) for name in names]
+    assert [s["step"] for s in snapshots] == [2, 4, 6, 8]
+    assert all("optimizer" not in s for s in snapshots)
+    last = checkpoint_module.load(str(tmp_path / "rand_write_last.pt"))
+    # the epoch's end, just after a save, is saved too: the last checkpoint holds both epochs
+    assert last["epoch"] == 2 and len(last["history"]) == 2
+    assert same_weights(snapshots[-1]["model"], last["model"]) and same_weights(snapshots[-1]["model"], model)
+    assert not same_weights(snapshots[0]["model"], snapshots[1]["model"])
+    checkpoint_module.average([str(folder / n) for n in names[2:]], str(tmp_path / "mean.pt"))
+    mean = checkpoint_module.load(str(tmp_path / "mean.pt"))["model"]
+    for key, tensor in mean.items():
+        torch.testing.assert_close(tensor, (snapshots[2]["model"][key] + snapshots[3]["model"][key]) / 2)
