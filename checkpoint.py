@@ -205,8 +205,9 @@ def describe(checkpoint):
         lines.append(f"best validation {best['validation_nats_per_sequence']:.1f} nats/line "
                      f"({best['validation_nats_per_point']:.4f}/point) after epoch {best['epoch']}")
     if "averaged_from" in checkpoint:
-        lines.append(f"weights: the mean of {len(checkpoint['averaged_from'])} checkpoints "
-                     f"({', '.join(checkpoint['averaged_from'])})")
+        names = checkpoint["averaged_from"]
+        shown = ", ".join(names) if len(names) <= 4 else f"{names[0]}, {names[1]} ... {names[-1]}"
+        lines.append(f"weights: the mean of {len(names)} checkpoints ({shown})")
     lines.append("training checkpoint (resumable)" if "optimizer" in checkpoint else "exported (not resumable)")
     return "\n".join(lines)
 
