@@ -203,7 +203,8 @@ def describe(checkpoint):
     if history:
         best = min(history, key=lambda r: r["validation_nats_per_sequence"])
         lines.append(f"best validation {best['validation_nats_per_sequence']:.1f} nats/line "
-                     f"({best['validation_nats_per_point']:.4f}/point) after epoch {best['epoch']}")
+                     f"({best['validation_nats_per_point']:.4f}/point) after epoch {best['epoch']}"
+                     + (" (of the run's epochs; the mean's own: python evaluate.py)" if "averaged_from" in checkpoint else ""))
     if "averaged_from" in checkpoint:
         names = checkpoint["averaged_from"]
         shown = ", ".join(names) if len(names) <= 4 else f"{names[0]}, {names[1]} ... {names[-1]}"
