@@ -20,7 +20,7 @@ trained on (train.py --init_from) but not resumed. Files are read with torch.loa
 a crafted checkpoint cannot run code.
 
     python checkpoint.py export save/synthesis_best.pt save/synthesis.pt
-    python checkpoint.py average save/synthesis_avg.pt snapshots/synthesis_*.pt
+    python checkpoint.py average save/synthesis_mean.pt save/snapshots/synthesis_step*.pt
     python checkpoint.py show save/synthesis.pt
 """
 import argparse
@@ -165,20 +165,22 @@ def export(src, dst):
 def average(sources, dst):
     """Write the mean of the weights of checkpoints `sources` to `dst`, exported, atomically.
 
-    Snapshots of one run taken every few hundred steps at a constant learning rate lie around the
+    Snapshots of one run taken every hundred or so steps at a steady learning rate lie around the
     bottom of a valley that each of them misses by a little noise; their mean lies nearer to it
     (Polyak averaging; Izmailov et al. 2018, "Averaging Weights Leads to Wider Optima"). Everything
-    but the weights (progress, history, options) is the last source's. The sources must share the
-    model, alphabet and normalisation.
+    but the weights (progress, history, options) is that of the source with the most steps, in
+    whatever order the sources come (a shell sorts step10000 before step9000). The sources must
+    share the model, alphabet and normalisation.
     """
     if not sources:
         raise CheckpointError("average needs at least one checkpoint to average")
     checkpoints = [load(path) for path in sources]
-    last = checkpoints[-1]
+    latest = max(range(len(sources)), key=lambda i: checkpoints[i].get("step", 0))
+    last = checkpoints[latest]
     for path, checkpoint in zip(sources, checkpoints):
         for key in ("config", "alphabet", "offset_mean", "offset_std"):
             if checkpoint.get(key) != last.get(key):
-                raise CheckpointError(f"{path} differs from {sources[-1]} in its {key}: only checkpoints "
+                raise CheckpointError(f"{path} differs from {sources[latest]} in its {key}: only checkpoints "
                                       "of one model, trained on the same data, can be averaged")
     weights = {}
     for name, tensor in last["model"].items():

@@ -334,12 +334,14 @@ def test_average_writes_the_mean_of_the_weights_and_keeps_the_rest_of_the_last(c
     second = dict(first, model={name: tensor * 3 + 1 for name, tensor in first["model"].items()}, step=7)
     torch.save(second, tmp_path / "second.pt")
     out = str(tmp_path / "mean.pt")
-    checkpoint.main(["average", out, checkpoints["synthesis"], str(tmp_path / "second.pt")])
+    assert first["step"] < 7
+    # the later checkpoint given first: the progress is still the later one's
+    checkpoint.main(["average", out, str(tmp_path / "second.pt"), checkpoints["synthesis"]])
     mean = torch.load(out, map_location="cpu", weights_only=False)
     for name, tensor in first["model"].items():  # (w + 3w + 1) / 2 = 2w + 0.5
         torch.testing.assert_close(mean["model"][name], tensor * 2 + 0.5)
     assert mean["step"] == 7 and "optimizer" not in mean
-    assert mean["averaged_from"] == ["synthesis_last.pt", "second.pt"]
+    assert mean["averaged_from"] == ["second.pt", "synthesis_last.pt"]
     assert "the mean of 2 checkpoints" in checkpoint.describe(mean)
     Writer.load(out).write(["ab"], bias=0.5, seed=3, max_points_per_char=5)  # it is a usable model
 
