@@ -155,11 +155,14 @@ def export(src, dst):
     Drops the optimizer and RNG states (two thirds of the file) and stores the weights on the CPU.
     Used to make the shipped save/<task>.pt.
     """
-    checkpoint = load(src)
+    _write_exported(load(src), dst, exported_from=os.path.basename(src))
+
+
+def _write_exported(checkpoint, dst, **changes):
+    """Write `checkpoint` without its resume state, with `changes` applied, to `dst`, atomically."""
     exported = {k: v for k, v in checkpoint.items() if k not in RESUME_ONLY_KEYS}
-    exported["exported_from"] = os.path.basename(src)
     with utils.atomic_path(dst) as tmp:
-        torch.save(exported, tmp)
+        torch.save({**exported, **changes}, tmp)
 
 
 def average(sources, dst):
@@ -189,11 +192,7 @@ def average(sources, dst):
             weights[name] = (total / len(checkpoints)).to(tensor.dtype)
         else:
             weights[name] = tensor
-    averaged = {k: v for k, v in last.items() if k not in RESUME_ONLY_KEYS}
-    averaged["model"] = weights
-    averaged["averaged_from"] = [os.path.basename(path) for path in sources]
-    with utils.atomic_path(dst) as tmp:
-        torch.save(averaged, tmp)
+    _write_exported(last, dst, model=weights, averaged_from=[os.path.basename(path) for path in sources])
 
 
 def describe(checkpoint):
