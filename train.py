@@ -5,6 +5,7 @@
     python train.py --task synthesis --resume                       # continue a stopped run exactly
     python train.py --task synthesis --resume --learning_rate 1e-4  # ... with a lower rate
     python train.py --task synthesis --init_from save/synthesis.pt  # go on from the shipped weights
+    python train.py --task synthesis --resume --snapshots           # ... keeping every save's weights
     torchrun --standalone --nproc_per_node=2 train.py --task synthesis --threads 1   # data-parallel
 
 Reads data/train.npz and data/validation.npz (made by data_preprocessing.py); writes to save/:
