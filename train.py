@@ -221,7 +221,7 @@ class Run:
         if not no_step_since:
             progress.saved_nats_per_point = window
         self.save(self.last, model, optimizer, progress, data)
-        if self.args.snapshots and self.writes:
+        if self.args.snapshots and self.writes and not no_step_since:  # else: the same weights again
             os.makedirs(self.snapshots, exist_ok=True)
             self.save(os.path.join(self.snapshots, f"{self.args.task}_step{progress.step}.pt"),
                       model, None, progress, data)
