@@ -179,20 +179,20 @@ def average(sources, dst):
         raise CheckpointError("average needs at least one checkpoint to average")
     checkpoints = [load(path) for path in sources]
     latest = max(range(len(sources)), key=lambda i: checkpoints[i].get("step", 0))
-    last = checkpoints[latest]
+    newest = checkpoints[latest]
     for path, checkpoint in zip(sources, checkpoints):
         for key in ("config", "alphabet", "offset_mean", "offset_std"):
-            if checkpoint.get(key) != last.get(key):
+            if checkpoint.get(key) != newest.get(key):
                 raise CheckpointError(f"{path} differs from {sources[latest]} in its {key}: only checkpoints "
                                       "of one model, trained on the same data, can be averaged")
     weights = {}
-    for name, tensor in last["model"].items():
+    for name, tensor in newest["model"].items():
         if tensor.is_floating_point():  # summed in float64: exact enough whatever the count
             total = sum(checkpoint["model"][name].double() for checkpoint in checkpoints)
             weights[name] = (total / len(checkpoints)).to(tensor.dtype)
         else:
             weights[name] = tensor
-    _write_exported(last, dst, model=weights, averaged_from=[os.path.basename(path) for path in sources])
+    _write_exported(newest, dst, model=weights, averaged_from=[os.path.basename(path) for path in sources])
 
 
 def describe(checkpoint):
