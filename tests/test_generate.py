@@ -329,7 +329,7 @@ def test_an_output_that_cannot_be_written_is_a_sentence(checkpoints, tmp_path):
     assert (tmp_path / "file").read_text() == "not a folder"
 
 
-def test_average_writes_the_mean_of_the_weights_and_keeps_the_rest_of_the_last(checkpoints, tmp_path):
+def test_average_writes_the_mean_of_the_weights_and_keeps_the_rest_of_the_newest(checkpoints, tmp_path):
     first = torch.load(checkpoints["synthesis"], map_location="cpu", weights_only=False)
     second = dict(first, model={name: tensor * 3 + 1 for name, tensor in first["model"].items()}, step=7)
     torch.save(second, tmp_path / "second.pt")
