@@ -35,7 +35,7 @@ from dataset import collate, make_batches
 from evaluate import dataset_nll
 from model import (GenerationStep, HandwritingModel, ModelConfig, autocast, point_nll, sample_mixture,
                    sequence_nll, split_mixture, uses_bf16, window_weights)
-from train import add_shared_arguments
+from train import add_shared_arguments, set_up_cpu
 
 
 class SeedModel(nn.Module):
@@ -190,8 +190,7 @@ def main(argv=None):
     if args.check_precision:
         uses_bf16(args.device, "bf16")  # the comparison needs bf16: refuse where there is none
     uses_bf16(args.device, args.precision)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_up_cpu(args)  # the same threads and memory policy for the seed's formulation and ours
     if args.sampling:
         time_sampling(args.sampling)
         return
