@@ -244,6 +244,7 @@ class HandwritingModel(nn.Module):
         self.layer2 = nn.LSTM(3 + H + A, H, batch_first=True)
         self.output_layer = nn.Linear(2 * H, 6 * M + 1)
         self.compile_recurrence = False  # train.py --compile: torch.compile the synthesis step
+        self.stepped_layer2 = None  # None: SteppedLSTM where it is faster (synthesis, bf16, AMX CPU)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -293,12 +294,12 @@ class HandwritingModel(nn.Module):
             h1, (h1_last, c1_last) = self.layer1(offsets, (state.h1.unsqueeze(0), state.c1.unsqueeze(0)))
             h1_last, c1_last = h1_last[0], c1_last[0]
             layer2_input = torch.cat([offsets, h1], dim=-1)
-        h2, (h2_last, c2_last) = self.layer2(layer2_input, (state.h2.unsqueeze(0), state.c2.unsqueeze(0)))
+        h2, c2_last = self._layer2(layer2_input, state)
         y = self.output_layer(torch.cat([h1, h2], dim=-1))
         if self.config.task == "synthesis":
-            new_state = State(h1[:, -1], c1, h2_last[0], c2_last[0], last_kappa, window)
+            new_state = State(h1[:, -1], c1, h2[:, -1], c2_last, last_kappa, window)
         else:
-            new_state = State(h1_last, c1_last, h2_last[0], c2_last[0])
+            new_state = State(h1_last, c1_last, h2[:, -1], c2_last)
         return y, new_state, phi
 
     # ------------------------------------------------------------------------- generation
@@ -388,6 +389,24 @@ class HandwritingModel(nn.Module):
                 _, state, _ = self(prime[None, :-1], text[b:b + 1], text_mask[b:b + 1], state=state)
             states.append(state)
         return State(*(torch.cat(parts) for parts in zip(*states)))
+
+    def _layer2(self, layer2_input, state):
+        """Layer 2 over the whole sequence: (h2 (B, T, H), its last c). nn.LSTM (oneDNN's fused
+        LSTM on a CPU), or the same layer as SteppedLSTM: on the AMX Xeon oneDNN's bf16 LSTM runs
+        no faster than its fp32 one, and SteppedLSTM's bf16 products made a synthesis training step
+        1.13x (two threads) to 1.20x (one) faster. For rand_write it was slower at two threads."""
+        device_type = layer2_input.device.type
+        bf16 = torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16
+        stepped = self.stepped_layer2
+        if stepped is None:
+            stepped = self.config.task == "synthesis" and bf16 and device_type == "cpu" and cpu_has_amx()
+        if not stepped:
+            h2, (_, c2_last) = self.layer2(layer2_input, (state.h2.unsqueeze(0), state.c2.unsqueeze(0)))
+            return h2, c2_last[0]
+        lstm, dtype = self.layer2, self.layer2.weight_hh_l0.dtype
+        input_gates = F.linear(layer2_input, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)  # all steps
+        return SteppedLSTM.apply(input_gates.to(dtype), state.h2.to(dtype), state.c2.to(dtype), lstm.weight_hh_l0,
+                                 torch.bfloat16 if bf16 else dtype)
 
     def _layer1_with_window(self, offsets, text, text_mask, state, return_phi):
         """The recurrence of the synthesis model: LSTM layer 1 and the window, step by step."""
@@ -647,6 +666,78 @@ class WindowedLSTM(torch.autograd.Function):
         grad_window_bias = dp_all.sum((0, 1))
         return (dz_all, dh, dc, dkappa, dw, grad_recurrent, grad_window_weight, grad_window_bias,
                 None, None, None, None)
+
+
+# ----------------------------------------------------------------------------- layer 2, stepped
+
+@functools.cache
+def cpu_has_amx():
+    """Whether the CPU has AMX tiles for bf16 (Linux: /proc/cpuinfo; elsewhere: assume not)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in cpuinfo)
+    except OSError:
+        return False
+
+
+def _lstm_forward_step(x_gates, h, c, W, matmul_dtype: torch.dtype):
+    """One step of an nn.LSTM layer, gates (i, f, g, o) as nn.LSTM orders them; W = weight_hh.t()."""
+    z = x_gates + h.to(matmul_dtype).mm(W).to(h.dtype)
+    i, f, g, o = z.chunk(4, dim=1)
+    i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+    c = torch.addcmul(f * c, i, g)
+    h = o * torch.tanh(c)
+    return h, c, torch.cat([i, f, g, o], dim=1)
+
+
+def _lstm_backward_step(grad_h, dh, dc, act, c, c_prev, W, matmul_dtype: torch.dtype):
+    """The chain rule back through one _lstm_forward_step (W = weight_hh): the gradient of the gate
+    pre-activations z_t, and dh, dc for step t-1."""
+    dh = grad_h + dh
+    i, f, g, o = act.chunk(4, dim=1)
+    tanh_c = torch.tanh(c)
+    dc = dc + dh * o * (1 - tanh_c ** 2)
+    dz = torch.cat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g ** 2),
+                    dh * tanh_c * o * (1 - o)], dim=1)
+    return dz, dz.to(matmul_dtype).mm(W).to(dz.dtype), dc * f
+
+
+class SteppedLSTM(torch.autograd.Function):
+    """One nn.LSTM layer through time, its input's share of the gates given (one large product over
+    all steps, outside), stepped here with the recurrent product in matmul_dtype and a hand-written
+    backward pass, like WindowedLSTM. Returns (h (B, T, H), last c). tests/test_model.py holds it
+    to nn.LSTM, values and gradients."""
+
+    @staticmethod
+    def forward(ctx, input_gates, h0, c0, weight_hh, matmul_dtype):
+        W = weight_hh.to(matmul_dtype).t()
+        h, c, hs, cs, acts = h0, c0, [], [], []
+        with torch.autocast(h0.device.type, enabled=False):
+            for x_gates in input_gates.unbind(1):
+                h, c, act = _lstm_forward_step(x_gates, h, c, W, matmul_dtype)
+                hs.append(h), cs.append(c), acts.append(act)
+        hs = torch.stack(hs, 1)
+        ctx.save_for_backward(h0, c0, weight_hh, hs, torch.stack(cs), torch.stack(acts))
+        ctx.matmul_dtype = matmul_dtype
+        return hs, c
+
+    @staticmethod
+    def backward(ctx, grad_hs, grad_c):
+        h0, c0, weight_hh, hs, cs, acts = ctx.saved_tensors
+        B, T, H = hs.shape
+        mm_dtype = ctx.matmul_dtype
+        W = weight_hh.to(mm_dtype)
+        grad_hs = grad_hs if grad_hs is not None else torch.zeros_like(hs)
+        dh, dc = torch.zeros_like(h0), (grad_c if grad_c is not None else torch.zeros_like(c0))
+        dz_all = [None] * T
+        for t in range(T - 1, -1, -1):
+            dz_all[t], dh, dc = _lstm_backward_step(grad_hs[:, t], dh, dc, acts[t], cs[t],
+                                                    cs[t - 1] if t > 0 else c0, W, mm_dtype)
+        dz_all = torch.stack(dz_all, 1)  # (B, T, 4H)
+        previous = torch.cat([h0.unsqueeze(1), hs[:, :-1]], 1)
+        grad_weight_hh = dz_all.reshape(B * T, -1).t().to(mm_dtype).mm(
+            previous.reshape(B * T, H).to(mm_dtype)).to(weight_hh.dtype)
+        return dz_all, dh, dc, grad_weight_hh, None
 
 
 def sequence_nll(model, offsets, mask, text=None, text_mask=None, state=None, return_state=False):

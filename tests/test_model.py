@@ -629,6 +629,71 @@ def test_compiled_steps_match_eager():
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
+# ----------------------------------------------------------------------------- layer 2, stepped
+
+def test_stepped_lstm_is_nn_lstm_in_values_and_gradients():
+    """SteppedLSTM (input gates given, the rest stepped by hand) against nn.LSTM itself, from a
+    nonzero start state, in float64: outputs, last c, and the gradients of every input and weight."""
+    from model import SteppedLSTM
+    torch.manual_seed(3)
+    B, T, I, H = 3, 7, 5, 4
+    lstm = torch.nn.LSTM(I, H, batch_first=True).double()
+    x = torch.randn(B, T, I, dtype=torch.float64)
+    h0, c0 = torch.randn(B, H, dtype=torch.float64), torch.randn(B, H, dtype=torch.float64)
+    results = []
+    for stepped in [True, False]:
+        lstm.zero_grad()
+        inputs = [t.clone().requires_grad_() for t in (x, h0, c0)]
+        if stepped:
+            gates = F.linear(inputs[0], lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
+            hs, c = SteppedLSTM.apply(gates, inputs[1], inputs[2], lstm.weight_hh_l0, torch.float64)
+        else:
+            hs, (_, c) = lstm(inputs[0], (inputs[1][None], inputs[2][None]))
+            c = c[0]
+        (hs.sin().sum() + (c ** 2).sum()).backward()
+        results.append([hs, c] + [t.grad for t in inputs] + [p.grad.clone() for p in lstm.parameters()])
+    for stepped, reference in zip(*results):
+        torch.testing.assert_close(stepped, reference, rtol=1e-10, atol=1e-12)
+
+
+def test_stepped_lstm_gradcheck():
+    from model import SteppedLSTM
+    torch.manual_seed(4)
+    B, T, H = 2, 4, 3
+    d = dict(dtype=torch.float64, requires_grad=True)
+    inputs = (torch.randn(B, T, 4 * H, **d), torch.randn(B, H, **d), torch.randn(B, H, **d),
+              torch.randn(4 * H, H, **d))
+    assert torch.autograd.gradcheck(lambda *x: SteppedLSTM.apply(*x, torch.float64), inputs)
+
+
+@pytest.mark.parametrize("task", ["rand_write", "synthesis"])
+def test_model_with_stepped_layer2_equals_nn_lstm(task):
+    """The model's two ways of running layer 2 (the model picks SteppedLSTM for synthesis in bf16 on AMX CPUs):
+    the same outputs, final state and weight gradients in fp32, and close under bf16 autocast."""
+    torch.manual_seed(5)
+    config = ModelConfig(task=task, cell_size=8, num_clusters=3, K=2, alphabet_size=6)
+    model = HandwritingModel(config)
+    offsets = torch.randn(2, 9, 3)
+    text = torch.randint(0, 6, (2, 4)) if task == "synthesis" else None
+    text_mask = torch.ones(2, 4) if task == "synthesis" else None
+    state = model.initial_state(2)._replace(h2=torch.randn(2, 8), c2=torch.randn(2, 8))
+    results = {}
+    for bf16 in [False] + ([True] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else []):
+        for stepped in [True, False]:
+            model.zero_grad()
+            model.stepped_layer2 = stepped
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                y, final, _ = model(offsets, text, text_mask, state=state)
+            y.float().tanh().sum().backward()
+            results[bf16, stepped] = [y.float(), final.h2.float(), final.c2.float()] + \
+                [p.grad.clone() for p in model.parameters()]
+        for stepped, fused in zip(results[bf16, True], results[bf16, False]):
+            if bf16:  # both round the products to bf16, in different places
+                assert (stepped - fused).norm() <= 0.05 * fused.norm()
+            else:
+                torch.testing.assert_close(stepped, fused, rtol=1e-5, atol=1e-6)
+
+
 def test_pen_projection_is_nn_linear_in_values_and_gradients():
     torch.manual_seed(0)
     linear = torch.nn.Linear(3, 8).double()
