@@ -395,18 +395,18 @@ class HandwritingModel(nn.Module):
         LSTM on a CPU), or the same layer as SteppedLSTM: on the AMX Xeon oneDNN's bf16 LSTM runs
         no faster than its fp32 one, and SteppedLSTM's bf16 products made a synthesis training step
         1.13x (two threads) to 1.20x (one) faster. For rand_write it was slower at two threads."""
-        device_type = layer2_input.device.type
-        bf16 = torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16
+        lstm, dtype, device_type = self.layer2, self.layer2.weight_hh_l0.dtype, layer2_input.device.type
+        matmul_dtype = recurrence_matmul_dtype(device_type, dtype)
         stepped = self.stepped_layer2
         if stepped is None:
-            stepped = self.config.task == "synthesis" and bf16 and device_type == "cpu" and cpu_has_amx()
+            stepped = (self.config.task == "synthesis" and matmul_dtype == torch.bfloat16
+                       and device_type == "cpu" and cpu_has_amx())
         if not stepped:
-            h2, (_, c2_last) = self.layer2(layer2_input, (state.h2.unsqueeze(0), state.c2.unsqueeze(0)))
+            h2, (_, c2_last) = lstm(layer2_input, (state.h2.unsqueeze(0), state.c2.unsqueeze(0)))
             return h2, c2_last[0]
-        lstm, dtype = self.layer2, self.layer2.weight_hh_l0.dtype
         input_gates = F.linear(layer2_input, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)  # all steps
         return SteppedLSTM.apply(input_gates.to(dtype), state.h2.to(dtype), state.c2.to(dtype), lstm.weight_hh_l0,
-                                 torch.bfloat16 if bf16 else dtype)
+                                 matmul_dtype)
 
     def _layer1_with_window(self, offsets, text, text_mask, state, return_phi):
         """The recurrence of the synthesis model: LSTM layer 1 and the window, step by step."""
@@ -415,9 +415,7 @@ class HandwritingModel(nn.Module):
         dtype = self.layer1_input.weight.dtype  # the recurrence keeps its state in full precision
         one_hot = F.one_hot(text, self.window_size).to(dtype)  # (B, U, A)
         input_gates = pen_projection(offsets, self.layer1_input)  # (B, T, 4H) in dtype: x's share, all steps
-        # bf16 products inside the recurrence exactly when autocast asks for them
-        device_type = offsets.device.type
-        matmul_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else dtype
+        matmul_dtype = recurrence_matmul_dtype(offsets.device.type, dtype)
         h1, windows, c1, kappa, phi = WindowedLSTM.apply(
             input_gates, state.h1.to(dtype), state.c1.to(dtype), state.kappa.to(dtype), state.window.to(dtype),
             self.layer1_recurrent.weight, self.window_layer.weight, self.window_layer.bias,
@@ -598,6 +596,12 @@ def _backward_step(grad_h, grad_window, dh, dw, dc, dkappa, act, c, c_prev, p, k
                     dh * tanh_c * o * (1 - o), dc * i * (1 - g ** 2)], dim=1)
     d_previous = dz.to(matmul_dtype).mm(W).to(dz.dtype)
     return dz, dp, d_previous[:, :H], d_previous[:, H:], dc * f, dkappa
+
+
+def recurrence_matmul_dtype(device_type, dtype):
+    """The dtype of the matrix products inside a stepped recurrence: autocast's (bf16) exactly when
+    autocast is on, else the weights' own; the state itself always stays in `dtype`."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else dtype
 
 
 @functools.cache

@@ -352,8 +352,8 @@ def keep_freed_memory():
     By default every block over 32 MB (a batch's gates and saved activations) is mapped fresh from
     the kernel and unmapped when freed, so every step the kernel faults in and zeroes about a gigabyte
     again: a tenth of a CPU training step. Kept, the process holds on to its peak (synthesis at batch
-    50 x 800: about 2.7 GB instead of 0.7 between steps) and the page faults stop after the first
-    steps. Returns False where the C library has no mallopt (not glibc), which changes nothing."""
+    50 x 800: 3-3.7 GB over an 80-minute run instead of 0.7 between steps) and the page faults stop
+    after the first steps. Returns False where the C library has no mallopt (not glibc), which changes nothing."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):

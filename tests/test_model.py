@@ -14,8 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import (GenerationStep, HandwritingModel, Mixture, ModelConfig, draw_noise, gaussian_log_density,
-                   pen_projection, point_nll, sample_mixture, sequence_nll, split_mixture, window_weights)
+from model import (GenerationStep, HandwritingModel, Mixture, ModelConfig, bf16_supported, draw_noise,
+                   gaussian_log_density, pen_projection, point_nll, sample_mixture, sequence_nll, split_mixture,
+                   window_weights)
 
 
 # ----------------------------------------------------------------------------- numpy references
@@ -678,7 +679,7 @@ def test_model_with_stepped_layer2_equals_nn_lstm(task):
     text_mask = torch.ones(2, 4) if task == "synthesis" else None
     state = model.initial_state(2)._replace(h2=torch.randn(2, 8), c2=torch.randn(2, 8))
     results = {}
-    for bf16 in [False] + ([True] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else []):
+    for bf16 in [False] + ([True] if bf16_supported("cpu") else []):
         for stepped in [True, False]:
             model.zero_grad()
             model.stepped_layer2 = stepped
