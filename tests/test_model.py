@@ -617,15 +617,20 @@ def test_windowed_lstm_gradcheck():
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile needs a C++ compiler on the CPU")
 def test_compiled_steps_match_eager():
-    """train.py --compile runs the same step functions through torch.compile: same values and gradients."""
-    from model import WindowedLSTM
+    """train.py --compile runs the same step functions through torch.compile (layer 1 with the
+    window, and SteppedLSTM): same values and gradients."""
+    from model import SteppedLSTM, WindowedLSTM
     leaves, one_hot, text_mask = recurrence_inputs()
+    torch.manual_seed(6)
+    stepped_leaves = [torch.randn(3, 6, 20), torch.randn(3, 5), torch.randn(3, 5), torch.randn(20, 5)]
     results = []
     for compile in [False, True]:
         inputs = [x.clone().requires_grad_() for x in leaves]
         hs, ws, c, kappa, phi = WindowedLSTM.apply(*inputs, one_hot, text_mask, torch.float32, compile)
-        (hs.sin().sum() + ws.cos().sum() + c.sum() + kappa.sum()).backward()
-        results.append([hs, ws, c, kappa, phi] + [x.grad for x in inputs])
+        stepped_inputs = [x.clone().requires_grad_() for x in stepped_leaves]
+        h2s, c2 = SteppedLSTM.apply(*stepped_inputs, torch.float32, compile)
+        (hs.sin().sum() + ws.cos().sum() + c.sum() + kappa.sum() + h2s.sin().sum() + c2.sum()).backward()
+        results.append([hs, ws, c, kappa, phi, h2s, c2] + [x.grad for x in inputs + stepped_inputs])
     for eager, compiled in zip(*results):
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
@@ -634,8 +639,9 @@ def test_compiled_steps_match_eager():
 
 def test_stepped_lstm_is_nn_lstm_in_values_and_gradients():
     """SteppedLSTM (input gates given, the rest stepped by hand) against nn.LSTM itself, from a
-    nonzero start state, in float64: outputs, last c, and the gradients of every input and weight."""
-    from model import SteppedLSTM
+    nonzero start state, in float64: outputs, last c, and the gradients of every input and weight
+    (nn.LSTM's gate rows reordered for it by to_ifog, through which the weight gradients flow back)."""
+    from model import SteppedLSTM, to_ifog
     torch.manual_seed(3)
     B, T, I, H = 3, 7, 5, 4
     lstm = torch.nn.LSTM(I, H, batch_first=True).double()
@@ -646,8 +652,8 @@ def test_stepped_lstm_is_nn_lstm_in_values_and_gradients():
         lstm.zero_grad()
         inputs = [t.clone().requires_grad_() for t in (x, h0, c0)]
         if stepped:
-            gates = F.linear(inputs[0], lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
-            hs, c = SteppedLSTM.apply(gates, inputs[1], inputs[2], lstm.weight_hh_l0, torch.float64)
+            gates = F.linear(inputs[0], to_ifog(lstm.weight_ih_l0), to_ifog(lstm.bias_ih_l0 + lstm.bias_hh_l0))
+            hs, c = SteppedLSTM.apply(gates, inputs[1], inputs[2], to_ifog(lstm.weight_hh_l0), torch.float64)
         else:
             hs, (_, c) = lstm(inputs[0], (inputs[1][None], inputs[2][None]))
             c = c[0]
