@@ -73,8 +73,12 @@ class SeedModel(nn.Module):
         for t in range(T):
             state = self.cell1(torch.cat([offsets[:, t], window], -1), state)
             a, b, k = self.window_layer(state[0]).chunk(3, -1)
-            phi, kappa = window_weights(a, b, k, kappa, text_mask)
-            window = torch.bmm(phi.unsqueeze(1), one_hot).squeeze(1)
+            # Graves eqs. 46-51 as the seed computes them, with the plain exp (model.window_weights
+            # floors the exponents, which is ours)
+            alpha, beta, kappa = a.exp(), b.exp(), kappa + k.exp()
+            u = torch.arange(text_mask.shape[1], dtype=kappa.dtype, device=kappa.device)
+            phi = (alpha.unsqueeze(-1) * torch.exp(-beta.unsqueeze(-1) * (kappa.unsqueeze(-1) - u) ** 2)).sum(1)
+            window = torch.bmm((phi * text_mask).unsqueeze(1), one_hot).squeeze(1)
             h1s.append(state[0]), windows.append(window)
         h1, windows = torch.stack(h1s, 1), torch.stack(windows, 1)
         h2, _ = self.layer2(torch.cat([offsets, h1, windows], -1))

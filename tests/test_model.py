@@ -390,6 +390,33 @@ def test_window_weights_gradcheck():
                                     (*args, kappa_prev))
 
 
+def test_window_floor_changes_nothing_a_float_holds():
+    """window_exp floors exp's argument at EXP_FLOOR. phi of windows far from most of the text
+    (exponents down past -1,000, some in float32's denormal range) against Graves' eq. 46 with
+    the plain exp, both in float32: the same but for terms under 1e-36, and so the gradients with
+    respect to the window's parameters."""
+    from model import EXP_FLOOR, window_exp
+    x = torch.tensor([0.0, -5.0, EXP_FLOOR, EXP_FLOOR - 1, -95.0, -200.0])
+    assert torch.equal(window_exp(x[:3]), torch.exp(x[:3]))
+    assert (window_exp(x[3:]) <= torch.exp(torch.tensor(EXP_FLOOR))).all()
+    torch.manual_seed(2)
+    B, K, U = 4, 10, 64
+    leaves = [torch.randn(B, K) * 0.5, torch.randn(B, K), torch.randn(B, K), torch.rand(B, K) * U]
+    text_mask = torch.ones(B, U)
+    inputs = [t.clone().requires_grad_() for t in leaves]
+    phi, _ = window_weights(*inputs, text_mask)
+    phi.pow(2).sum().backward()
+    plain = [t.clone().requires_grad_() for t in leaves]
+    alpha, beta, kappa = plain[0].exp(), plain[1].exp(), plain[3] + plain[2].exp()
+    exponents = -beta[..., None] * (kappa[..., None] - torch.arange(U, dtype=torch.float32)) ** 2
+    expected = (alpha[..., None] * torch.exp(exponents)).sum(1)
+    expected.pow(2).sum().backward()
+    assert exponents.min() < -1000 and ((exponents < EXP_FLOOR) & (exponents > -104)).any()
+    torch.testing.assert_close(phi, expected.detach(), rtol=1e-6, atol=1e-36)
+    for got, want in zip(inputs, plain):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-6, atol=1e-36)
+
+
 # ----------------------------------------------------------------------------- the networks
 
 def tiny(task, dtype=torch.float64, seed=0):
