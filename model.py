@@ -418,7 +418,7 @@ class HandwritingModel(nn.Module):
             return h2, c2_last[0]
         input_gates = F.linear(layer2_input, to_ifog(lstm.weight_ih_l0),
                                to_ifog(lstm.bias_ih_l0 + lstm.bias_hh_l0))  # all steps at once
-        return SteppedLSTM.apply(input_gates.to(dtype), state.h2.to(dtype), state.c2.to(dtype),
+        return SteppedLSTM.apply(input_gates, state.h2.to(dtype), state.c2.to(dtype),
                                  to_ifog(lstm.weight_hh_l0), matmul_dtype, self.compile_recurrence)
 
     def _layer1_with_window(self, offsets, text, text_mask, state, return_phi):
@@ -666,8 +666,9 @@ class WindowedLSTM(torch.autograd.Function):
                 hs.append(h), cs.append(c), acts.append(act), ws.append(window)
                 ps.append(p), kappas.append(kappa), phis.append(phi)
         hs, ws = torch.stack(hs, 1), torch.stack(ws, 1)
+        # the steps' own tensors are saved as they are: stacking them would copy ~0.4 GB a batch
         ctx.save_for_backward(h0, c0, kappa0, window0, recurrent_weight, window_weight, one_hot, text_mask,
-                              hs, ws, torch.stack(cs), torch.stack(acts), torch.stack(ps), torch.stack(kappas))
+                              hs, ws, *cs, *acts, *ps, *kappas)
         ctx.matmul_dtype, ctx.compile = matmul_dtype, compile
         phis = torch.stack(phis, 1)
         ctx.mark_non_differentiable(phis)
@@ -676,9 +677,10 @@ class WindowedLSTM(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_hs, grad_ws, grad_c, grad_kappa, _grad_phis):
         (h0, c0, kappa0, window0, recurrent_weight, window_weight, one_hot, text_mask,
-         hs, ws, cs, acts, ps, kappas) = ctx.saved_tensors
+         hs, ws, *per_step) = ctx.saved_tensors
         step = _compiled(_backward_step) if ctx.compile else _backward_step
         B, T, H = hs.shape
+        cs, acts, ps, kappas = (per_step[i * T:(i + 1) * T] for i in range(4))
         mm_dtype = ctx.matmul_dtype
         W = recurrent_weight.to(mm_dtype)
         grad_hs = grad_hs if grad_hs is not None else torch.zeros_like(hs)
@@ -723,15 +725,19 @@ def _lstm_backward_step(grad_h, dh, dc, act, c, c_prev, W, matmul_dtype: torch.d
     """The chain rule back through one _lstm_forward_step (W = the recurrent weight): the gradient
     of the gate pre-activations z_t, and dh, dc for step t-1."""
     dz, dc = lstm_cell_backward(grad_h + dh, dc, act, c, c_prev)
-    return dz, dz.to(matmul_dtype).mm(W).to(dz.dtype), dc
+    dz = dz.to(matmul_dtype)  # as the products use it, and as it is returned
+    return dz, dz.mm(W).to(dc.dtype), dc
 
 
 class SteppedLSTM(torch.autograd.Function):
     """One LSTM layer through time, its input's share of the gates given (one large product over
     all steps, outside), stepped here with the recurrent product in matmul_dtype and a hand-written
     backward pass, like WindowedLSTM, and like it compiled on request. Gates and the rows of
-    weight_hh (4H, H) are ordered (i, f, o, g): to_ifog reorders an nn.LSTM's. Returns
-    (h (B, T, H), last c). tests/test_model.py holds it to nn.LSTM, values and gradients."""
+    weight_hh (4H, H) are ordered (i, f, o, g): to_ifog reorders an nn.LSTM's. input_gates may
+    come in matmul_dtype (as a product under autocast makes them); their gradient comes back in
+    matmul_dtype, as the products round it anyway, which spares converting both, 256 MB each, a
+    synthesis batch. Returns (h (B, T, H), last c). tests/test_model.py holds it to nn.LSTM,
+    values and gradients."""
 
     @staticmethod
     def forward(ctx, input_gates, h0, c0, weight_hh, matmul_dtype, compile=False):
@@ -743,15 +749,16 @@ class SteppedLSTM(torch.autograd.Function):
                 h, c, act = step(x_gates, h, c, W, matmul_dtype)
                 hs.append(h), cs.append(c), acts.append(act)
         hs = torch.stack(hs, 1)
-        ctx.save_for_backward(h0, c0, weight_hh, hs, torch.stack(cs), torch.stack(acts))
+        ctx.save_for_backward(h0, c0, weight_hh, hs, *cs, *acts)  # unstacked, as in WindowedLSTM
         ctx.matmul_dtype, ctx.compile = matmul_dtype, compile
         return hs, c
 
     @staticmethod
     def backward(ctx, grad_hs, grad_c):
-        h0, c0, weight_hh, hs, cs, acts = ctx.saved_tensors
+        h0, c0, weight_hh, hs, *per_step = ctx.saved_tensors
         step = _compiled(_lstm_backward_step) if ctx.compile else _lstm_backward_step
         B, T, H = hs.shape
+        cs, acts = per_step[:T], per_step[T:]
         mm_dtype = ctx.matmul_dtype
         W = weight_hh.to(mm_dtype)
         grad_hs = grad_hs if grad_hs is not None else torch.zeros_like(hs)
@@ -760,9 +767,9 @@ class SteppedLSTM(torch.autograd.Function):
         for t in range(T - 1, -1, -1):
             dz_all[t], dh, dc = step(grad_hs[:, t], dh, dc, acts[t], cs[t], cs[t - 1] if t > 0 else c0, W,
                                      mm_dtype)
-        dz_all = torch.stack(dz_all, 1)  # (B, T, 4H)
+        dz_all = torch.stack(dz_all, 1)  # (B, T, 4H), in mm_dtype
         previous = torch.cat([h0.unsqueeze(1), hs[:, :-1]], 1)
-        grad_weight_hh = dz_all.reshape(B * T, -1).t().to(mm_dtype).mm(
+        grad_weight_hh = dz_all.reshape(B * T, -1).t().mm(
             previous.reshape(B * T, H).to(mm_dtype)).to(weight_hh.dtype)
         return dz_all, dh, dc, grad_weight_hh, None, None
 
