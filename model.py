@@ -647,7 +647,7 @@ class WindowedLSTM(torch.autograd.Function):
     Autograd would record some thirty small operations per time step and replay them one by one;
     here the forward loop records nothing, and the backward loop runs the chain rule directly,
     leaving the weight gradients to one large matrix product each after the loop. Gates are
-    ordered (i, f, o, g) so one sigmoid covers three of them. With `compile`, torch.compile fuses
+    ordered (i, f, o, g), as in lstm_cell. With `compile`, torch.compile fuses
     each step's elementwise operations (opt-in: compiling takes a while at the start).
     tests/test_model.py checks values and gradients against reference_recurrence, and gradcheck.
     """
