@@ -256,7 +256,7 @@ class HandwritingModel(nn.Module):
         self.layer2 = nn.LSTM(3 + H + A, H, batch_first=True)
         self.output_layer = nn.Linear(2 * H, 6 * M + 1)
         self.compile_recurrence = False  # train.py --compile: torch.compile the stepped recurrences
-        self.stepped_layer2 = None  # None: SteppedLSTM where it is faster (synthesis, bf16, AMX CPU)
+        self.stepped_layer2 = None  # None: SteppedLSTM where it is faster (bf16 on an AMX CPU)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -406,13 +406,12 @@ class HandwritingModel(nn.Module):
         """Layer 2 over the whole sequence: (h2 (B, T, H), its last c). nn.LSTM (oneDNN's fused
         LSTM on a CPU), or the same layer as SteppedLSTM: on the AMX Xeon oneDNN's bf16 LSTM runs
         no faster than its fp32 one, and SteppedLSTM's bf16 products made a synthesis training step
-        1.13x (two threads) to 1.20x (one) faster. For rand_write it was slower at two threads."""
+        1.13x (two threads) to 1.20x (one) faster, a rand_write one 1.35x at one thread (level at two)."""
         lstm, dtype, device_type = self.layer2, self.layer2.weight_hh_l0.dtype, layer2_input.device.type
         matmul_dtype = recurrence_matmul_dtype(device_type, dtype)
         stepped = self.stepped_layer2
         if stepped is None:
-            stepped = (self.config.task == "synthesis" and matmul_dtype == torch.bfloat16
-                       and device_type == "cpu" and cpu_has_amx())
+            stepped = matmul_dtype == torch.bfloat16 and device_type == "cpu" and cpu_has_amx()
         if not stepped:
             h2, (_, c2_last) = lstm(layer2_input, (state.h2.unsqueeze(0), state.c2.unsqueeze(0)))
             return h2, c2_last[0]

@@ -702,7 +702,7 @@ def test_stepped_lstm_gradcheck():
 
 @pytest.mark.parametrize("task", ["rand_write", "synthesis"])
 def test_model_with_stepped_layer2_equals_nn_lstm(task):
-    """The model's two ways of running layer 2 (the model picks SteppedLSTM for synthesis in bf16 on AMX CPUs):
+    """The model's two ways of running layer 2 (the model picks SteppedLSTM in bf16 on AMX CPUs):
     the same outputs, final state and weight gradients in fp32, and close under bf16 autocast."""
     torch.manual_seed(5)
     config = ModelConfig(task=task, cell_size=8, num_clusters=3, K=2, alphabet_size=6)
