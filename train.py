@@ -25,6 +25,7 @@ import csv
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 
@@ -82,6 +83,11 @@ def parse_args(argv=None):
     p.add_argument("--model_dir", default="save")
     p.add_argument("--grad_clip", type=float, default=10.0,
                    help="clip the global gradient norm of the per-point loss to this (0: off)")
+    p.add_argument("--weight_noise", type=float, default=0.0, metavar="STD",
+                   help="regularise with Gaussian weight noise: each step's gradient is taken at "
+                        "the weights plus a fresh N(0, STD^2) draw and applied to the clean weights "
+                        "(Graves' recipe: retrain a converged network with it; 0: off). The log's "
+                        "training NLL is then the noisy weights'; validation uses the clean ones")
     p.add_argument("--resume", action="store_true",
                    help="continue from MODEL_DIR/<task>_last.pt, with the run's own options (rate, "
                         "schedule, batches, --tbptt, model size) except those given again")
@@ -117,7 +123,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.resume and args.init_from:
         p.error("--resume continues MODEL_DIR's run; --init_from starts a new one: choose one")
-    for name in ("save_every", "max_steps", "num_epochs", "max_cpu_hours", "curve_every", "tbptt"):
+    for name in ("save_every", "max_steps", "num_epochs", "max_cpu_hours", "curve_every", "tbptt", "weight_noise"):
         if getattr(args, name) < 0:
             p.error(f"--{name} must be 0 or more, not {getattr(args, name)}")
     if args.resume:
@@ -129,7 +135,7 @@ def parse_args(argv=None):
 # Where it runs (--device, --precision, --compile, --threads, --data_dir) and when this invocation
 # stops (--max_steps, --max_cpu_hours) are the command line's.
 RUN_OPTIONS = ("cell_size", "num_clusters", "K", "batch_size", "timesteps", "bucket_pool", "num_epochs",
-               "learning_rate", "decay_rate", "decay_per_step", "grad_clip", "tbptt", "seed",
+               "learning_rate", "decay_rate", "decay_per_step", "grad_clip", "weight_noise", "tbptt", "seed",
                "save_every", "snapshots", "curve_every", "curve_lines")
 
 
@@ -459,7 +465,7 @@ def train_epoch(args, run, model, optimizer, train_data, progress, epoch, ranks,
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(args, epoch, progress, steps)
             window = (offsets[:, start:stop + 1], mask[:, start:stop + 1], text, text_mask)
-            nll, count, lines, state = train_step(args, model, optimizer, window, ranks, state)
+            nll, count, lines, state = train_step(args, model, optimizer, window, ranks, state, progress.step)
             progress.step += 1
             if nll is None:
                 # a non-finite step would poison the weights and Adam's moments: it was skipped
@@ -524,24 +530,50 @@ def unwrapped(model):
     return getattr(model, "module", model)
 
 
-def train_step(args, model, optimizer, batch, ranks, state=None):
-    """One optimizer step on the mean NLL per point of all ranks' batches together, the lines
-    starting from `state` (None: their beginning). Returns their (NLL, points, lines), or Nones
-    when the loss or the gradient is not finite and the step was skipped (by every rank alike:
-    they see the same sums and the same averaged gradient); and the state after the batch, cut
-    from the graph, where the next window of the same lines starts."""
+def train_step(args, model, optimizer, batch, ranks, state, step):
+    """Optimizer step number `step` on the mean NLL per point of all ranks' batches together, the
+    lines starting from `state` (None: their beginning). Returns their (NLL, points, lines), or
+    Nones when the loss or the gradient is not finite and the step was skipped (by every rank
+    alike: they see the same sums and the same averaged gradient); and the state after the batch,
+    cut from the graph, where the next window of the same lines starts."""
     offsets, mask, text, text_mask = batch
-    with autocast(args.device, args.precision):
-        nll, count, state = sequence_nll(model, offsets, mask, text, text_mask, state, return_state=True)
-    total_nll, total_count, lines = ranks.sum([nll.item(), count.item(), len(offsets)], args.device)
-    optimizer.zero_grad(set_to_none=True)
-    # DDP averages the ranks' gradients: times ranks.size, that is the gradient of the global mean
-    (nll * (ranks.size / total_count)).backward()
+    # the noise of step s on rank r is a function of (seed, s, r): a resumed run draws the same
+    noise_seed = (args.seed, step, ranks.rank)
+    with noisy_weights(list(model.parameters()), args.weight_noise, noise_seed):
+        with autocast(args.device, args.precision):
+            nll, count, state = sequence_nll(model, offsets, mask, text, text_mask, state, return_state=True)
+        total_nll, total_count, lines = ranks.sum([nll.item(), count.item(), len(offsets)], args.device)
+        optimizer.zero_grad(set_to_none=True)
+        # DDP averages the ranks' gradients: times ranks.size, that is the gradient of the global mean
+        (nll * (ranks.size / total_count)).backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or math.inf)
     if not (math.isfinite(total_nll) and torch.isfinite(grad_norm)):
         return None, None, None, state.detach()
     optimizer.step()
     return total_nll, total_count, int(lines), state.detach()
+
+
+@contextmanager
+def noisy_weights(params, std, seed):
+    """Within the block the parameters carry Gaussian noise of standard deviation `std`, drawn
+    from a generator seeded with `seed`; after it they hold their clean values again, exactly
+    (copied back, not subtracted). Nothing is done when std is 0."""
+    if not std:
+        yield
+        return
+    clean = [p.detach().clone() for p in params]
+    # numpy's SeedSequence mixes the tuple into one well-spread 64-bit seed
+    generator = torch.Generator(params[0].device).manual_seed(
+        int(np.random.SeedSequence(list(seed)).generate_state(1, np.uint64)[0]))
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype), alpha=std)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, value in zip(params, clean):
+                p.copy_(value)
 
 
 def end_epoch(args, run, model, optimizer, train_data, valid_data, progress, epoch, ranks):

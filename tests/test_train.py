@@ -812,6 +812,63 @@ def test_tbptt_is_refused_when_negative(capsys):
     assert "--tbptt must be 0 or more" in capsys.readouterr().err
 
 
+# ----------------------------------------------------------------------------- weight noise
+
+def test_weight_noise_has_the_asked_spread_and_comes_off_exactly():
+    params = [torch.randn(300, 400), torch.randn(1000)]
+    clean = [p.clone() for p in params]
+    with train.noisy_weights(params, 0.01, (0, 5, 0)):
+        noise = torch.cat([(p - c).flatten() for p, c in zip(params, clean)])
+        noisy = [p.clone() for p in params]
+    assert noise.std().item() == pytest.approx(0.01, rel=0.02)
+    assert abs(noise.mean().item()) < 1e-4
+    assert all(torch.equal(p, c) for p, c in zip(params, clean))  # copied back, bit for bit
+    with train.noisy_weights(params, 0.01, (0, 5, 0)):
+        assert all(torch.equal(p, n) for p, n in zip(params, noisy))  # the same seed, the same draw
+    with train.noisy_weights(params, 0.01, (0, 6, 0)):
+        assert not torch.equal(params[0], noisy[0])  # the next step, a fresh draw
+    with pytest.raises(KeyboardInterrupt), train.noisy_weights(params, 0.01, (0, 7, 0)):
+        raise KeyboardInterrupt
+    assert all(torch.equal(p, c) for p, c in zip(params, clean))
+    with train.noisy_weights(params, 0.0, (0, 5, 0)):
+        assert all(torch.equal(p, c) for p, c in zip(params, clean))
+
+
+def test_weight_noise_steps_the_clean_weights_by_the_gradient_at_the_noisy_ones(data_dir):
+    args = train.parse_args(["--task", "synthesis", "--device", "cpu", "--precision", "fp32",
+                             "--grad_clip", "0", "--weight_noise", "0.05", *TINY_MODEL])
+    model = HandwritingModel(ModelConfig(task="synthesis", cell_size=16, num_clusters=3, K=2,
+                                         alphabet_size=len(dataset.ALPHABET)))
+    data = dataset.load_data(os.path.join(data_dir, "train.npz"))
+    batch = dataset.collate(data, list(range(8)))
+    clean = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = {}
+    model.register_forward_pre_hook(lambda m, _: seen.update({k: v.clone() for k, v in m.state_dict().items()}))
+    train.train_step(args, model, torch.optim.SGD(model.parameters(), lr=1.0), batch, train.Ranks(), None, 3)
+    # the reference: the plain gradient of the mean NLL per point at the weights the forward saw
+    reference = HandwritingModel(model.config)
+    reference.load_state_dict(seen)
+    nll, count = sequence_nll(reference, *batch)
+    (nll / count).backward()
+    moved = sum(not torch.equal(seen[k], clean[k]) for k in clean)
+    assert moved == len(clean)
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(model.state_dict()[name], clean[name] - p.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_with_weight_noise_resumes_exactly(tmp_path, data_dir):
+    common = ["synthesis", "--num_epochs", "2", "--weight_noise", "0.02"]
+    straight, _ = run(data_dir, tmp_path / "a", *common)
+    quiet, _ = run(data_dir, tmp_path / "q", "synthesis", "--num_epochs", "2")
+    assert not same_weights(straight, quiet)
+    run(data_dir, tmp_path / "b", *common, "--max_steps", "3")
+    args = train.parse_args(["--task", "synthesis", "--data_dir", data_dir, "--model_dir", str(tmp_path / "b"),
+                             "--device", "cpu", "--precision", "fp32", "--resume"])
+    assert args.weight_noise == 0.02  # the run's own option
+    resumed, _ = train.train(args)
+    assert same_weights(straight, resumed)
+
+
 def test_snapshots_keep_the_weights_of_every_save_and_average_into_their_mean(tmp_path, data_dir, capsys):
     # 4 steps an epoch, saved every 2: snapshots after steps 2, 4, 6, 8 (epoch ends coincide)
     model, _ = run(data_dir, tmp_path, "rand_write", "--num_epochs", "2", "--save_every", "2", "--snapshots")
