@@ -565,10 +565,10 @@ def noisy_weights(params, std, seed):
     # numpy's SeedSequence mixes the tuple into one well-spread 64-bit seed
     generator = torch.Generator(params[0].device).manual_seed(
         int(np.random.SeedSequence(list(seed)).generate_state(1, np.uint64)[0]))
-    with torch.no_grad():
-        for p in params:
-            p.add_(torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype), alpha=std)
-    try:
+    try:  # an interrupt while the noise goes on leaves clean weights too
+        with torch.no_grad():
+            for p in params:
+                p.add_(torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype), alpha=std)
         yield
     finally:
         with torch.no_grad():
