@@ -33,7 +33,7 @@ import dataset
 import model as model_module
 from dataset import collate, make_batches
 from evaluate import dataset_nll
-from model import (GenerationStep, HandwritingModel, ModelConfig, autocast, point_nll, sample_mixture,
+from model import (GenerationStep, HandwritingModel, ModelConfig, State, autocast, point_nll, sample_mixture,
                    sequence_nll, split_mixture, uses_bf16, window_weights)
 from train import add_shared_arguments, set_up_cpu
 
@@ -270,15 +270,17 @@ def time_both(config, data, args):
 
 
 class ForwardStep:
-    """The baseline for sampling: each point through the whole forward(), one time step long (what
-    generation did before model.GenerationStep), with oneDNN off for nn.LSTM, which would repack
-    its weights at every one-step call; the window is read one position past the text by hand."""
+    """The baseline for sampling: each point through the whole forward(), one time step long, in
+    PyTorch (what generation did before model.GenerationStep), with oneDNN off for nn.LSTM, which
+    would repack its weights at every one-step call; the window is read one position past the text
+    by hand. Arrays in and out, as GenerationStep's (the conversions cost microseconds a point)."""
 
     def __init__(self, model, text=None, text_mask=None):
         self.model, self.text, self.text_mask = model, text, text_mask
         self.lengths = None if text_mask is None else text_mask.sum(1).long().unsqueeze(1)
 
     def __call__(self, x, state):
+        x, state = torch.from_numpy(x), State(*(None if s is None else torch.from_numpy(s) for s in state))
         kappa_prev, mkldnn = state.kappa, torch.backends.mkldnn.enabled
         torch.backends.mkldnn.enabled = False
         try:
@@ -286,17 +288,18 @@ class ForwardStep:
                                        return_phi=self.text is not None)
         finally:
             torch.backends.mkldnn.enabled = mkldnn
+        arrays = State(*(None if s is None else s.numpy() for s in state))
         if self.text is None:
-            return y[:, 0], state, None, None
+            return y[:, 0].numpy(), arrays, None, None
         alpha_hat, beta_hat, kappa_hat = self.model.window_layer(state.h1).chunk(3, dim=1)
         past_text = torch.ones(x.shape[0], self.text.shape[1] + 1)
         phi_all, _ = window_weights(alpha_hat, beta_hat, kappa_hat, kappa_prev, past_text)
-        return y[:, 0], state, phi[:, 0], phi_all.gather(1, self.lengths).squeeze(1)
+        return y[:, 0].numpy(), arrays, phi[:, 0].numpy(), phi_all.gather(1, self.lengths).squeeze(1).numpy()
 
     @staticmethod
     def sample(y, bias, noise):
         """The plain way: split the whole mixture, then draw from it."""
-        return sample_mixture(split_mixture(y, bias), noise=noise)
+        return sample_mixture(split_mixture(torch.from_numpy(y), bias), noise=torch.from_numpy(noise)).numpy()
 
 
 def time_sampling(path, text="The quick brown fox jumps over lazy dogs", repeats=3):

@@ -339,8 +339,7 @@ def append_rows(path, rows):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    utils.set_threads(args.threads)
     data = dataset.load_data(os.path.join(args.data_dir, "validation.npz"))
     if args.fidelity:
         from generate import Writer

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -349,23 +350,25 @@ class HandwritingModel(nn.Module):
         device, dtype = self.output_layer.weight.device, self.output_layer.weight.dtype
         if synthesis:
             text, text_mask = text.to(device), text_mask.to(device)
-            lengths = text_mask.sum(1).long()
-            chars_to_write = lengths if prime is None else lengths - torch.as_tensor(prime_chars, device=device)
+            lengths = text_mask.sum(1).long().cpu().numpy()
+            chars_to_write = lengths if prime is None else lengths - np.asarray(prime_chars)
             caps = max_points_per_char * (chars_to_write + 1)
         else:
-            caps = torch.full((B,), length - 1, device=device)
+            caps = np.full(B, length - 1)
         if prime is None:
             x, state = start.to(device, dtype).reshape(B, 3), self.initial_state(B, device)
         else:
             prime = [torch.as_tensor(p).to(device, dtype) for p in prime]
             x, state = torch.stack([p[-1] for p in prime]), self._read_primes(prime, text, text_mask)
+        # from here on, arrays on the CPU (GenerationStep says why)
+        x, state = x.cpu().numpy(), State(*(None if s is None else s.cpu().numpy() for s in state))
         points, phis = [x], []
-        steps = torch.zeros(B, dtype=torch.int64, device=device)  # points generated per line
-        done = torch.zeros(B, dtype=torch.bool, device=device)
+        steps = np.zeros(B, dtype=np.int64)  # points generated per line
+        done = np.zeros(B, dtype=bool)
         step = GenerationStep(self, text, text_mask)
         for t in itertools.count():
             if t % NOISE_BLOCK == 0:
-                noise = draw_noise(NOISE_BLOCK, B, generator, dtype, device)
+                noise = draw_noise(NOISE_BLOCK, B, generator, dtype).numpy()
             y, state, phi, phi_after = step(x, state)
             if synthesis:
                 # phi(t, .) was computed after reading point t and decides point t+1: if the
@@ -378,14 +381,13 @@ class HandwritingModel(nn.Module):
             done |= steps >= caps
             if done.all():
                 break
-        offsets = torch.stack(points, dim=1).float().cpu().numpy()
+        offsets = np.stack(points, axis=1).astype(np.float32)
         # a line ended by the rule stopped below its cap (the rule is checked before each point)
         capped = (steps >= caps).tolist() if synthesis else [False] * B
-        steps = steps.tolist()
         lines = [offsets[b, :steps[b] + 1] for b in range(B)]
         if not synthesis:
             return lines, None, capped
-        phis = torch.stack(phis, dim=1).float().cpu().numpy()
+        phis = np.stack(phis, axis=1).astype(np.float32)
         return lines, [phis[b, :steps[b], :lengths[b]] for b in range(B)], capped
 
     def _read_primes(self, primes, text, text_mask):
@@ -437,80 +439,115 @@ class HandwritingModel(nn.Module):
 
 class GenerationStep:
     """One point of generation: the network's step from the last point, as forward() computes it
-    (tests/test_generate.py holds the two together), in fewer and larger operations.
+    (tests/test_generate.py holds the two together), on the CPU whatever the model's device.
 
     Sampling is a chain of single steps of a small batch, where each operation's fixed cost, not
-    its arithmetic, sets the pace: forward() would take ten matrix products and some sixty small
-    operations a step. Here each LSTM layer's gates come from one product over its inputs joined
-    ([x, h1, w] for layer 1, [x, h1, w, h2] for layer 2, the weights packed once, gates ordered
-    (i, f, o, g) so that one sigmoid covers three), and the window is read once, one position
-    past the text too, for Graves' stopping rule (the position forward() masks to zero).
+    its arithmetic, sets the pace: forward() takes ten matrix products and some sixty small
+    operations a point, and a PyTorch operation costs a few microseconds before it does anything,
+    a NumPy one about one. So the small operations are NumPy's, on arrays, and so are the four
+    matrix products of a single line (OpenBLAS's matrix-vector product ran twice as fast as
+    PyTorch's on an AVX-512 Xeon); a batch's stay PyTorch's, on zero-copy tensor views of the
+    arrays (there OpenBLAS's small-batch product was 3x slower). The weights are packed once:
+    each LSTM layer's gates come from one product over its inputs joined ([x, h1, w] for layer 1,
+    [x, h1, w, h2] for layer 2, gates ordered (i, f, o, g) so that one sigmoid covers three), and
+    the window is read once, one position past the text too, for Graves' stopping rule (the
+    position forward() masks to zero). Arrays in, arrays out: x (B, 3), a State of arrays.
     """
 
     def __init__(self, model, text=None, text_mask=None):
-        self.model, self.synthesis = model, model.config.task == "synthesis"
+        array = lambda t: t.detach().cpu().numpy()
+        self.synthesis = model.config.task == "synthesis"
         # layer 2's inputs [x, h1, (w)], then h2
-        self.weight2, self.bias2 = self.packed(model.layer2)
+        self.layer2 = self.packed(model.layer2)
+        self.output = self.layer(model.output_layer.weight.t(), model.output_layer.bias)
         if self.synthesis:  # inputs [x, h1, w], gates already (i, f, o, g)
-            self.weight1 = torch.cat([model.layer1_input.weight, model.layer1_recurrent.weight], 1).t().contiguous()
-            self.bias1 = model.layer1_input.bias
-            self.one_hot = F.one_hot(text, model.window_size).to(self.weight1.dtype)  # (B, U, A)
-            self.text_mask = text_mask.to(self.weight1.dtype)
-            self.lengths = text_mask.sum(1).long().unsqueeze(1)  # (B, 1): the position past each text
-            # every position, one past the longest text included, unmasked
-            self.all_positions = torch.ones(text.shape[0], text.shape[1] + 1, dtype=self.weight1.dtype,
-                                            device=text.device)
-            self.positions = torch.arange(text.shape[1] + 1, dtype=self.weight1.dtype, device=text.device)
+            weight = torch.cat([model.layer1_input.weight, model.layer1_recurrent.weight], 1)
+            self.layer1 = self.layer(weight.t(), model.layer1_input.bias)
+            self.window_layer = self.layer(model.window_layer.weight.t(), model.window_layer.bias)
+            self.one_hot = array(F.one_hot(text, model.window_size).to(model.output_layer.weight.dtype))  # (B, U, A)
+            self.text_mask = array(text_mask).astype(self.one_hot.dtype)
+            self.lengths = array(text_mask.sum(1)).astype(np.int64)  # the position past each text
+            self.rows = np.arange(len(self.lengths))
+            # every position, one past the longest text included
+            self.positions = np.arange(text.shape[1] + 1, dtype=self.one_hot.dtype)
         else:  # inputs [x], then h1
-            self.weight1, self.bias1 = self.packed(model.layer1)
+            self.layer1 = self.packed(model.layer1)
 
     @staticmethod
-    def packed(lstm):
-        """An nn.LSTM's weights as one (inputs + H, 4H) matrix over [its input, h], and one bias,
-        its gates reordered from nn.LSTM's (i, f, g, o) to (i, f, o, g)."""
-        weight = to_ifog(torch.cat([lstm.weight_ih_l0, lstm.weight_hh_l0], 1)).t().contiguous()
-        return weight, to_ifog(lstm.bias_ih_l0 + lstm.bias_hh_l0)
+    def layer(weight, bias):
+        """A layer's (inputs, outputs) weight and its bias, as contiguous CPU tensors and as NumPy
+        views of the same memory."""
+        weight, bias = weight.detach().cpu().contiguous(), bias.detach().cpu()
+        return weight, bias, weight.numpy(), bias.numpy()
+
+    @classmethod
+    def packed(cls, lstm):
+        """An nn.LSTM's weights as one layer over [its input, h], its gates reordered from
+        nn.LSTM's (i, f, g, o) to (i, f, o, g)."""
+        weight = to_ifog(torch.cat([lstm.weight_ih_l0, lstm.weight_hh_l0], 1)).t()
+        return cls.layer(weight, to_ifog(lstm.bias_ih_l0 + lstm.bias_hh_l0))
+
+    @staticmethod
+    def product(inputs, layer):
+        """inputs @ weight + bias for an array of inputs: NumPy's for one line, PyTorch's for more."""
+        weight, bias, weight_array, bias_array = layer
+        if len(inputs) == 1:
+            return inputs @ weight_array + bias_array
+        return torch.addmm(bias, torch.from_numpy(inputs), weight).numpy()
+
+    @staticmethod
+    def cell(z, c):
+        """lstm_cell in NumPy: h and c from the pre-activations z (B, 4H), gates (i, f, o, g).
+        sigmoid(z) = (1 + tanh(z / 2)) / 2, which, unlike 1 / (1 + exp(-z)), never overflows."""
+        H = c.shape[1]
+        gates = np.tanh(z[:, :3 * H] * 0.5)
+        gates += 1
+        gates *= 0.5
+        c = gates[:, H:2 * H] * c + gates[:, :H] * np.tanh(z[:, 3 * H:])
+        return gates[:, 2 * H:] * np.tanh(c), c
 
     def __call__(self, x, state):
         """From point x (B, 3) and the state after the points before it: the raw output y (B, 6M+1)
         that predicts the next point, the new State, and for synthesis phi (B, U), the window that
         fed this step, and phi_after (B,), its weight one position past each line's text."""
-        model, phi = self.model, None
+        phi = phi_after = kappa = window = None
         if self.synthesis:
-            h1, c1, _ = lstm_cell(torch.addmm(self.bias1, torch.cat([x, state.h1, state.window], 1),
-                                              self.weight1), state.c1)
-            alpha_hat, beta_hat, kappa_hat = model.window_layer(h1).chunk(3, dim=1)
-            phi_all, kappa = window_weights(alpha_hat, beta_hat, kappa_hat, state.kappa, self.all_positions,
-                                            self.positions)
+            h1, c1 = self.cell(self.product(np.concatenate([x, state.h1, state.window], 1), self.layer1), state.c1)
+            # alpha, beta and kappa's step: the window layer's output, all exponentiated (eqs. 48-50)
+            alpha_beta_step, K = np.exp(self.product(h1, self.window_layer)), state.kappa.shape[1]
+            alpha, beta, kappa_step = alpha_beta_step[:, :K], alpha_beta_step[:, K:2 * K], alpha_beta_step[:, 2 * K:]
+            kappa = state.kappa + kappa_step
+            # eq. 46 at every position: (B, 1, K) @ (B, K, U + 1), the sum over the K Gaussians
+            exponent = -beta[:, :, None] * (kappa[:, :, None] - self.positions) ** 2
+            phi_all = (alpha[:, None, :] @ np.exp(np.maximum(exponent, EXP_FLOOR)))[:, 0]
             phi = phi_all[:, :-1] * self.text_mask
-            phi_after = phi_all.gather(1, self.lengths).squeeze(1)
-            window = torch.bmm(phi.unsqueeze(1), self.one_hot).squeeze(1)
-            layer2_input = torch.cat([x, h1, window, state.h2], 1)
+            phi_after = phi_all[self.rows, self.lengths]
+            window = (phi[:, None, :] @ self.one_hot)[:, 0]
+            layer2_input = np.concatenate([x, h1, window, state.h2], 1)
         else:
-            h1, c1, _ = lstm_cell(torch.addmm(self.bias1, torch.cat([x, state.h1], 1), self.weight1), state.c1)
-            kappa = window = phi_after = None
-            layer2_input = torch.cat([x, h1, state.h2], 1)
-        h2, c2, _ = lstm_cell(torch.addmm(self.bias2, layer2_input, self.weight2), state.c2)
-        y = model.output_layer(torch.cat([h1, h2], 1))
+            h1, c1 = self.cell(self.product(np.concatenate([x, state.h1], 1), self.layer1), state.c1)
+            layer2_input = np.concatenate([x, h1, state.h2], 1)
+        h2, c2 = self.cell(self.product(layer2_input, self.layer2), state.c2)
+        y = self.product(np.concatenate([h1, h2], 1), self.output)
         return y, State(h1, c1, h2, c2, kappa, window), phi, phi_after
 
     @staticmethod
     def sample(y, bias, noise):
-        """sample_mixture(split_mixture(y, bias), noise=noise) in a third of the operations: the
-        component is drawn first, from the weights alone, and its six parameters are then
-        gathered in one call instead of the whole mixture being split and squashed."""
+        """sample_mixture(split_mixture(y, bias), noise=noise) in NumPy and in a third of the
+        operations: the component is drawn first, from the weights alone (softmax's normaliser
+        cancels against the total the uniform is scaled by), and only its parameters are squashed."""
         B = y.shape[0]
-        params = y[:, 1:].view(B, 6, -1)  # weight logit, mu_x, mu_y, log sigma_x, log sigma_y, rho logit
-        cdf = torch.softmax(params[:, 0] * (1 + bias), dim=1).cumsum(1)
-        component = (cdf < noise[:, :1] * cdf[:, -1:]).sum(1).clamp_(max=params.shape[2] - 1)
-        picked = params.gather(2, component.view(B, 1, 1).expand(B, 6, 1)).squeeze(2)  # (B, 6)
-        sigma = (picked[:, 3:5] - bias).exp()
-        rho = picked[:, 5].tanh()
-        n_x = noise[:, 2]
-        dx = torch.addcmul(picked[:, 1], sigma[:, 0], n_x)
-        dy = torch.addcmul(picked[:, 2], sigma[:, 1], torch.addcmul(rho * n_x, (1 - rho * rho).sqrt(), noise[:, 3]))
-        end_of_stroke = (noise[:, 1] < y[:, 0].sigmoid()).to(y.dtype)
-        return torch.stack([end_of_stroke, dx, dy], dim=1)
+        params = y[:, 1:].reshape(B, 6, -1)  # weight logit, mu_x, mu_y, log sigma_x, log sigma_y, rho logit
+        logits = params[:, 0] * (1 + bias)
+        cdf = np.exp(logits - logits.max(1, keepdims=True)).cumsum(1)
+        component = np.minimum((cdf < noise[:, :1] * cdf[:, -1:]).sum(1), params.shape[2] - 1)
+        mu_x, mu_y, log_sigma_x, log_sigma_y, rho_logit = params[np.arange(B), 1:, component].T
+        rho, n_x = np.tanh(rho_logit), noise[:, 2]
+        dx = mu_x + np.exp(log_sigma_x - bias) * n_x
+        dy = mu_y + np.exp(log_sigma_y - bias) * (rho * n_x + np.sqrt(1 - rho * rho) * noise[:, 3])
+        # u < sigmoid(l), the sigmoid in its tanh form (no overflow)
+        end_of_stroke = 2 * noise[:, 1] - 1 < np.tanh(y[:, 0] * 0.5)
+        return np.stack([end_of_stroke.astype(y.dtype), dx, dy], axis=1)
 
 
 def finished(phi_text, phi_after):
@@ -518,9 +555,9 @@ def finished(phi_text, phi_after):
 
     phi_text (B, U): window weights of the characters (0 on padding, which never wins, as phi >= 0);
     phi_after (B,): the weight the same window gives position U_b, just past line b's text.
-    Returns (B,) bool.
+    Arrays; returns (B,) bool.
     """
-    return phi_after > phi_text.max(dim=-1).values
+    return phi_after > phi_text.max(axis=-1)
 
 
 # ----------------------------------------------------------------------------- the LSTM cell

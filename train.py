@@ -372,8 +372,7 @@ def keep_freed_memory():
 
 def set_up_cpu(args):
     """--threads and the memory policy, for train.py and bench.py alike."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    utils.set_threads(args.threads)
     if torch.device(args.device).type == "cpu" and not args.release_memory:
         keep_freed_memory()
 

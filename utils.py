@@ -1,4 +1,5 @@
-"""Files and pictures: atomic writes, and drawing pen offsets as PNG, SVG and plots.
+"""Files, pictures and threads: atomic writes, drawing pen offsets as PNG, SVG and plots, and the
+number of CPU threads the scripts use.
 
 Every file the project writes goes through atomic_path, so a crash never leaves half a file.
 The drawing helpers take lines in pen units (generate.Writer gives them) and use matplotlib's
@@ -9,6 +10,17 @@ import tempfile
 from contextlib import contextmanager
 
 import numpy as np
+import torch
+
+
+def set_threads(threads):
+    """Run PyTorch and NumPy's BLAS (which writes single lines, model.GenerationStep) on `threads`
+    CPU threads each, for the rest of the process (0: leave both at one per core)."""
+    if threads:
+        import threadpoolctl  # here, not at the top: only the scripts that set threads need it
+
+        torch.set_num_threads(threads)
+        threadpoolctl.threadpool_limits(threads, user_api="blas")
 
 
 @contextmanager

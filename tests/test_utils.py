@@ -1,4 +1,5 @@
-"""utils.py's promise about files: a failed write leaves the old file, and no stray temporary file."""
+"""utils.py's promises: a failed write leaves the old file and no stray temporary file; set_threads
+limits both thread pools."""
 import os
 
 import numpy as np
@@ -38,3 +39,19 @@ def test_atomic_path_keeps_the_old_file_when_the_write_fails(tmp_path):
         with open(tmp, "w") as f:
             f.write("new")
     assert path.read_text() == "new" and os.listdir(tmp_path) == ["data.txt"]
+
+
+def test_set_threads_limits_pytorch_and_numpys_blas():
+    import threadpoolctl
+    import torch
+
+    blas_threads = lambda: {pool["num_threads"] for pool in threadpoolctl.threadpool_info()
+                            if pool["user_api"] == "blas"}
+    torch_before = torch.get_num_threads()
+    with threadpoolctl.threadpool_limits(None):  # puts NumPy's BLAS back afterwards
+        utils.set_threads(1)
+        try:
+            assert torch.get_num_threads() == 1
+            assert blas_threads() == {1}  # every BLAS NumPy loaded
+        finally:
+            torch.set_num_threads(torch_before)
