@@ -151,12 +151,28 @@ def pad(sequences, dtype):
     return torch.from_numpy(padded), torch.from_numpy(mask)
 
 
-def collate(data, indices, max_points=None, device="cpu"):
+def distorted(offsets, data, rng, strength):
+    """A line as if written a little differently: its pen offsets (dx, dy), in the pen's own units,
+    times a random matrix [[e^a, s], [0, e^b]] with a, b, s ~ N(0, strength^2): wider or narrower
+    by e^a, taller or shorter by e^b, slanted by s (the shear of x by y); the pen lifts where it did.
+    offsets are normalised with data's statistics, and so is the result (float32)."""
+    a, b, s = rng.normal(0.0, strength, 3)
+    raw = offsets[:, 1:].astype(np.float64) * data.offset_std + data.offset_mean
+    dx, dy = np.exp(a) * raw[:, 0] + s * raw[:, 1], np.exp(b) * raw[:, 1]
+    moved = (np.column_stack([dx, dy]) - data.offset_mean) / data.offset_std
+    return np.column_stack([offsets[:, :1], moved]).astype(np.float32)
+
+
+def collate(data, indices, max_points=None, device="cpu", distortion=0.0, rng=None):
     """Pad the chosen lines into tensors: offsets (B, T, 3), mask (B, T), text (B, U), text_mask (B, U).
 
-    max_points cuts each line to its first max_points points (max_points - 1 predictions).
+    max_points cuts each line to its first max_points points (max_points - 1 predictions). With a
+    distortion > 0 each line is `distorted` first, drawing from the numpy Generator rng.
     """
-    offsets, mask = pad([data.offsets[i][:max_points] for i in indices], np.float32)
+    lines = [data.offsets[i][:max_points] for i in indices]
+    if distortion:
+        lines = [distorted(line, data, rng, distortion) for line in lines]
+    offsets, mask = pad(lines, np.float32)
     text, text_mask = pad([data.text_codes[i] for i in indices], np.int64)
     return offsets.to(device), mask.to(device), text.to(device), text_mask.to(device)
 

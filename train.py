@@ -88,6 +88,11 @@ def parse_args(argv=None):
                         "the weights plus a fresh N(0, STD^2) draw and applied to the clean weights "
                         "(Graves' recipe: retrain a converged network with it; 0: off). The log's "
                         "training NLL is then the noisy weights'; validation uses the clean ones")
+    p.add_argument("--distort", type=float, default=0.0, metavar="STRENGTH",
+                   help="regularise by training on distorted lines: each line of each batch stretched "
+                        "in width and height by e^a and e^b and slanted by s, with a, b, s ~ "
+                        "N(0, STRENGTH^2) drawn afresh every time (dataset.distorted; 0: off, "
+                        "0.1: about 10%% and 6 degrees)")
     p.add_argument("--resume", action="store_true",
                    help="continue from MODEL_DIR/<task>_last.pt, with the run's own options (rate, "
                         "schedule, batches, --tbptt, model size) except those given again")
@@ -123,7 +128,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.resume and args.init_from:
         p.error("--resume continues MODEL_DIR's run; --init_from starts a new one: choose one")
-    for name in ("save_every", "max_steps", "num_epochs", "max_cpu_hours", "curve_every", "tbptt", "weight_noise"):
+    for name in ("save_every", "max_steps", "num_epochs", "max_cpu_hours", "curve_every", "tbptt", "weight_noise",
+                 "distort"):
         if getattr(args, name) < 0:
             p.error(f"--{name} must be 0 or more, not {getattr(args, name)}")
     if args.resume:
@@ -135,7 +141,7 @@ def parse_args(argv=None):
 # Where it runs (--device, --precision, --compile, --threads, --data_dir) and when this invocation
 # stops (--max_steps, --max_cpu_hours) are the command line's.
 RUN_OPTIONS = ("cell_size", "num_clusters", "K", "batch_size", "timesteps", "bucket_pool", "num_epochs",
-               "learning_rate", "decay_rate", "decay_per_step", "grad_clip", "weight_noise", "tbptt", "seed",
+               "learning_rate", "decay_rate", "decay_per_step", "grad_clip", "weight_noise", "distort", "tbptt", "seed",
                "save_every", "snapshots", "curve_every", "curve_lines")
 
 
@@ -455,8 +461,10 @@ def train_epoch(args, run, model, optimizer, train_data, progress, epoch, ranks,
     bar = tqdm(total=steps, initial=progress.step_in_epoch, desc=f"epoch {epoch + 1}/{args.num_epochs}",
                disable=not ranks.main)
     for step in range(progress.step_in_epoch, steps):
-        indices = batches[step * ranks.size + ranks.rank]
-        offsets, mask, text, text_mask = dataset.collate(train_data, indices, args.timesteps + 1, args.device)
+        batch = step * ranks.size + ranks.rank
+        # the distortions of a batch are a function of (seed, epoch, batch): a resumed run draws the same
+        offsets, mask, text, text_mask = dataset.collate(train_data, batches[batch], args.timesteps + 1, args.device,
+                                                         args.distort, np.random.default_rng([args.seed, epoch, batch]))
         predictions = offsets.shape[1] - 1
         steps_before, state, batch_lines = progress.step, None, 0
         # one optimizer step per window of the batch (one window unless --tbptt)

@@ -121,6 +121,44 @@ def test_collate_truncates_to_max_points():
     np.testing.assert_array_equal(text.numpy(), [[4, 5, 6], [3, 0, 0]])  # text is never cut
 
 
+class FixedDraws:
+    """A stand-in for a numpy Generator whose normal() returns preset values."""
+
+    def __init__(self, values):
+        self.values = np.array(values, np.float64)
+
+    def normal(self, loc, scale, size):
+        assert size == len(self.values)
+        return self.values
+
+
+def test_distorted_stretches_and_slants_the_raw_offsets_by_hand():
+    data = hand_data()
+    data.offset_mean, data.offset_std = np.array([1.0, 0.5], np.float32), np.array([2.0, 4.0], np.float32)
+    line = np.array([[0, 0.5, 0.25], [1, -1.0, 0.5]], np.float32)  # raw (2, 1.5) and (-1, 2.5)
+    # width x2 (a = ln 2), height x0.5 (b = -ln 2), slant s = 0.25: dx' = 2 dx + 0.25 dy, dy' = dy / 2
+    out = dataset.distorted(line, data, FixedDraws([math.log(2), -math.log(2), 0.25]), 0.1)
+    raw = [[2 * 2 + 0.25 * 1.5, 1.5 / 2], [2 * -1 + 0.25 * 2.5, 2.5 / 2]]  # (4.375, 0.75), (-1.375, 1.25)
+    expected = [[0, (4.375 - 1) / 2, (0.75 - 0.5) / 4], [1, (-1.375 - 1) / 2, (1.25 - 0.5) / 4]]
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+def test_collate_distorts_each_line_reproducibly_and_only_when_asked():
+    data = hand_data()
+    plain = dataset.collate(data, [1, 0])
+    same = dataset.collate(data, [1, 0], distortion=0.0, rng=np.random.default_rng(0))
+    for a, b in zip(plain, same):
+        assert torch.equal(a, b)
+    draw = lambda seed: dataset.collate(data, [1, 0], distortion=0.1, rng=np.random.default_rng(seed))
+    first, again, other = draw(3), draw(3), draw(4)
+    assert torch.equal(first[0], again[0]) and not torch.equal(first[0], other[0])
+    offsets = first[0]
+    assert torch.equal(offsets[..., 0], plain[0][..., 0])  # the pen lifts where it did
+    assert torch.equal(first[1], plain[1]) and not torch.equal(offsets[..., 1:], plain[0][..., 1:])
+    assert torch.all(offsets[1, 2:] == 0)  # padding stays zero
+
+
 def test_collate_empty_text_only():
     _, _, text, text_mask = dataset.collate(hand_data(), [2])
     assert text.shape == (1, 1) and text_mask.sum() == 0
@@ -865,6 +903,19 @@ def test_a_run_with_weight_noise_resumes_exactly(tmp_path, data_dir):
     args = train.parse_args(["--task", "synthesis", "--data_dir", data_dir, "--model_dir", str(tmp_path / "b"),
                              "--device", "cpu", "--precision", "fp32", "--resume"])
     assert args.weight_noise == 0.02  # the run's own option
+    resumed, _ = train.train(args)
+    assert same_weights(straight, resumed)
+
+
+def test_a_distorted_run_differs_and_resumes_exactly(tmp_path, data_dir):
+    common = ["synthesis", "--num_epochs", "2", "--distort", "0.1"]
+    straight, _ = run(data_dir, tmp_path / "a", *common)
+    plain, _ = run(data_dir, tmp_path / "p", "synthesis", "--num_epochs", "2")
+    assert not same_weights(straight, plain)
+    run(data_dir, tmp_path / "b", *common, "--max_steps", "3")
+    args = train.parse_args(["--task", "synthesis", "--data_dir", data_dir, "--model_dir", str(tmp_path / "b"),
+                             "--device", "cpu", "--precision", "fp32", "--resume"])
+    assert args.distort == 0.1  # the run's own option
     resumed, _ = train.train(args)
     assert same_weights(straight, resumed)
 
