@@ -2,7 +2,8 @@
 against the machine's matrix-multiply roof.
 
     python bench.py                       # both tasks, a few optimizer steps each
-    python bench.py --sampling            # seconds to write one 40-character line, and a batch
+    python bench.py --sampling            # seconds to write one 40-character line, and a batch,
+                                          # against the roof of reading the weights every point
     python bench.py --task synthesis --steps 5
     python bench.py --compare_loss 120    # also train both 120 steps, comparing validation NLL every 40
     python bench.py --task synthesis --compare_loss 600 --seeds 3 --device cuda   # the longer check
@@ -246,6 +247,31 @@ def flops_per_point(config, text_length=40):
     return 3 * forward
 
 
+def weight_bytes_per_point(config, bytes_per_weight=4):
+    """Bytes of weights one generation step reads (each matrix and bias once, fp32): with one line
+    at a time they stream from memory every point, sampling's roof."""
+    H, M, K = config.cell_size, config.num_clusters, config.K
+    A = config.alphabet_size if config.task == "synthesis" else 0
+    weights = (3 + H + A + 1) * 4 * H            # layer 1: [x, h1, w] -> gates, and its bias
+    weights += (3 + H + A + H + 1) * 4 * H       # layer 2: [x, h1, w, h2] -> gates
+    weights += (2 * H + 1) * (6 * M + 1)         # output layer
+    if A:
+        weights += (H + 1) * 3 * K               # window parameters
+    return bytes_per_weight * weights
+
+
+def read_bandwidth(nbytes, seconds=1.0):
+    """Bytes per second at which this machine reads an array of `nbytes` over and over (torch.sum
+    on the threads set): the speed the weights of a generation step can stream at."""
+    x = torch.ones(nbytes // 4)
+    x.sum()  # warm up
+    started, repeats = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        x.sum()
+        repeats += 1
+    return nbytes * repeats / (time.perf_counter() - started)
+
+
 def time_both(config, data, args):
     """Points per second of the seed's formulation and ours, from the same weights, and ours as a
     share of the machine's roof."""
@@ -322,12 +348,17 @@ def time_sampling(path, text="The quick brown fox jumps over lazy dogs", repeats
                 finally:
                     model_module.GenerationStep = GenerationStep
                 points += sum(len(line) for line in writing.lines)
-            best[name] = min(seconds)
+            best[name], per_point = min(seconds), sum(seconds) / points
             # the seeds write lines of different lengths: the time a point compares across seeds
             print(f"  {name:20s} {lines:2d} line(s) of {len(text)} characters: {best[name]:.2f} s, "
                   f"{best[name] / lines:.3f} s per line, {points / repeats / lines:.0f} points per line, "
-                  f"{1e3 * sum(seconds) / points:.3f} ms per point")
+                  f"{1e3 * per_point:.3f} ms per point")
         print(f"  ratio {best['forward() per point'] / best['ours']:.2f}x")
+        if lines == 1:  # one line reads all the weights every point: how close is that to the roof
+            nbytes = weight_bytes_per_point(writer.model.config)
+            floor = nbytes / read_bandwidth(nbytes)
+            print(f"  roof: {nbytes / 1e6:.4g} MB of weights a point, read in {1e3 * floor:.4g} ms "
+                  f"({nbytes / floor / 1e9:.1f} GB/s, torch.sum): ours runs at {floor / per_point:.0%} of that roof")
 
 
 def validation_subset(args):

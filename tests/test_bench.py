@@ -233,7 +233,34 @@ def test_sampling_timing_writes_and_reports_per_line(tmp_path, capsys):
         assert one and ten, out
         assert float(ten.group(2)) == pytest.approx(float(ten.group(1)) / 10, abs=0.001)
     assert len(re.findall(r"ratio [\d.]+x", out)) == 2
+    roof = re.search(r"roof: ([\d.]+) MB of weights a point, read in ([\d.]+) ms \(([\d.]+) GB/s", out)
+    assert roof, out
+    megabytes, milliseconds, gigabytes_per_second = map(float, roof.groups())
+    assert megabytes * 1e6 == pytest.approx(bench.weight_bytes_per_point(model.ModelConfig(
+        **checkpoint_config(checkpoint))), rel=1e-3)
+    assert megabytes / milliseconds == pytest.approx(gigabytes_per_second, rel=0.05)
     assert model.GenerationStep is bench.GenerationStep  # put back after timing
+
+
+def checkpoint_config(path):
+    import checkpoint
+
+    return checkpoint.load(path)["config"]
+
+
+def test_weight_bytes_per_point_counts_what_a_generation_step_reads():
+    import bench
+    import model
+
+    for task in ["synthesis", "rand_write"]:
+        config = model.ModelConfig(task=task, cell_size=16, num_clusters=3, K=2, alphabet_size=7)
+        net = model.HandwritingModel(config)
+        text = torch.zeros(1, 4, dtype=torch.int64)
+        step = model.GenerationStep(net, text, torch.ones(1, 4)) if task == "synthesis" else model.GenerationStep(net)
+        layers = [step.layer1, step.layer2, step.output] + ([step.window_layer] if task == "synthesis" else [])
+        read = sum(weight.numel() * weight.element_size() + bias.numel() * bias.element_size()
+                   for weight, bias, _, _ in layers)
+        assert bench.weight_bytes_per_point(config) == read
 
 
 def test_the_sampling_baseline_writes_the_same_strokes(tmp_path, monkeypatch):
