@@ -19,7 +19,8 @@ matrix product over the whole sequence. That recurrence has a hand-written backw
 
 The model owns its sampling: generate() writes a batch of lines point by point, after reading a
 line of handwriting to write on from if given one (a prime; generate.Writer adds the alphabet and
-the normalisation that a checkpoint carries).
+the normalisation that a checkpoint carries). Each point is one GenerationStep, the same maths as
+forward() in NumPy on the CPU, where a step's many small operations cost least.
 """
 import functools
 import itertools
