@@ -894,28 +894,18 @@ def test_weight_noise_steps_the_clean_weights_by_the_gradient_at_the_noisy_ones(
         torch.testing.assert_close(model.state_dict()[name], clean[name] - p.grad, rtol=1e-5, atol=1e-6)
 
 
-def test_a_run_with_weight_noise_resumes_exactly(tmp_path, data_dir):
-    common = ["synthesis", "--num_epochs", "2", "--weight_noise", "0.02"]
-    straight, _ = run(data_dir, tmp_path / "a", *common)
-    quiet, _ = run(data_dir, tmp_path / "q", "synthesis", "--num_epochs", "2")
-    assert not same_weights(straight, quiet)
-    run(data_dir, tmp_path / "b", *common, "--max_steps", "3")
-    args = train.parse_args(["--task", "synthesis", "--data_dir", data_dir, "--model_dir", str(tmp_path / "b"),
-                             "--device", "cpu", "--precision", "fp32", "--resume"])
-    assert args.weight_noise == 0.02  # the run's own option
-    resumed, _ = train.train(args)
-    assert same_weights(straight, resumed)
-
-
-def test_a_distorted_run_differs_and_resumes_exactly(tmp_path, data_dir):
-    common = ["synthesis", "--num_epochs", "2", "--distort", "0.1"]
+@pytest.mark.parametrize("option, value", [("weight_noise", 0.02), ("distort", 0.1)])
+def test_a_regularised_run_differs_and_resumes_exactly(tmp_path, data_dir, option, value):
+    """Weight noise and distorted lines are drawn from the run's seed and its place in training:
+    they change the weights, and a resumed run draws the same."""
+    common = ["synthesis", "--num_epochs", "2", f"--{option}", str(value)]
     straight, _ = run(data_dir, tmp_path / "a", *common)
     plain, _ = run(data_dir, tmp_path / "p", "synthesis", "--num_epochs", "2")
     assert not same_weights(straight, plain)
     run(data_dir, tmp_path / "b", *common, "--max_steps", "3")
     args = train.parse_args(["--task", "synthesis", "--data_dir", data_dir, "--model_dir", str(tmp_path / "b"),
                              "--device", "cpu", "--precision", "fp32", "--resume"])
-    assert args.distort == 0.1  # the run's own option
+    assert getattr(args, option) == value  # the run's own option
     resumed, _ = train.train(args)
     assert same_weights(straight, resumed)
 
