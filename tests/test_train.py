@@ -945,7 +945,7 @@ optimizer = torch.optim.Adam(net.parameters())
 offsets = torch.randn(8, 601, 3)
 offsets[..., 0] = (offsets[..., 0] > 1).float()
 mask = torch.ones(8, 601)
-for step in range(7):
+for step in range(9):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     nats, points = model.sequence_nll(net, offsets, mask)
     optimizer.zero_grad()
@@ -962,6 +962,7 @@ def test_kept_memory_stops_the_page_faults_of_each_step_and_stays_bounded():
     """With glibc's default policy every step faults its large buffers in again; after
     keep_freed_memory() the later steps reuse the memory the first ones freed (almost no faults),
     and the resident size stops growing."""
+    import resource
     import subprocess
     import sys
 
@@ -978,6 +979,10 @@ def test_kept_memory_stops_the_page_faults_of_each_step_and_stays_bounded():
     _, default_faults, _ = probe("default")
     page_faults_of_one_gate_buffer = 8 * 600 * 1600 * 4 // 4096
     assert min(default_faults[2:]) > page_faults_of_one_gate_buffer, default_faults  # the cost removed
-    # the heap settles within the first steps (a step's buffers do not always fit its holes at once)
-    assert sum(kept_faults[3:]) < sum(default_faults[3:]) / 10, (kept_faults, default_faults)
-    assert kept_resident[6] - kept_resident[3] < 64 * 2 ** 20, kept_resident  # not a step's worth more
+    # the heap settles within the first steps, and now and then a later step's buffers do not fit
+    # its holes and fault in a part anew (seen: one step in five, on a loaded machine), hence medians
+    median = lambda values: sorted(values)[len(values) // 2]
+    assert median(kept_faults[2:]) < median(default_faults[2:]) / 10, (kept_faults, default_faults)
+    first_step = kept_faults[0] * resource.getpagesize()
+    # after the first steps the resident size grows by less than half of what the first step faulted in
+    assert kept_resident[-1] - kept_resident[3] < first_step / 2, kept_resident
