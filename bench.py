@@ -118,6 +118,27 @@ VARIANTS = {"padded": ("fp32, padded batches", padded_batches, "fp32"),
             "ours": ("ours", bucketed_batches, None)}
 
 
+def cpu_kind(cpuinfo=None):
+    """The CPU's model name and the vector extensions that set its speed here (AVX2 or AVX-512,
+    bf16, AMX), from /proc/cpuinfo's text (read if not given; "" off Linux), and its core count:
+    every figure bench.py prints names the machine it was measured on."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first processor's
+    flags = set(fields.get("flags", "").split())
+    vectors = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    extras = [name for flag, name in [("avx512_bf16", "avx512_bf16"), ("amx_bf16", "AMX")] if flag in flags]
+    return (f"{fields.get('model name', 'unknown CPU')}, {vectors}" + (" with " + " and ".join(extras) if extras else "")
+            + f", {os.cpu_count()} cores")
+
+
 def synchronize(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
@@ -201,7 +222,7 @@ def main(argv=None):
         return
     data = dataset.load_data(os.path.join(args.data_dir, "train.npz"))
     where = torch.cuda.get_device_name(args.device) if torch.device(args.device).type == "cuda" \
-        else f"cpu, {torch.get_num_threads()} threads"
+        else f"{cpu_kind()}, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}, {len(data)} training lines, "
           f"batch {args.batch_size} x {args.timesteps} steps, cell {args.cell_size}")
     if args.check_precision not in (None, "fresh"):
@@ -334,7 +355,7 @@ def time_sampling(path, text="The quick brown fox jumps over lazy dogs", repeats
     from generate import Writer
 
     writer = Writer.load(path)
-    print(f"sampling with {path}, cpu, {torch.get_num_threads()} thread(s), bias 1, best of {repeats}")
+    print(f"sampling with {path}, {cpu_kind()}, {torch.get_num_threads()} thread(s), bias 1, best of {repeats}")
     for lines in [1, 10]:
         best = {}
         for name, step in [("forward() per point", ForwardStep), ("ours", model_module.GenerationStep)]:

@@ -1,4 +1,5 @@
 """bench.py: its baseline (the seed's formulation) computes what our model computes, and its command line."""
+import os
 import shutil
 
 import numpy as np
@@ -276,3 +277,14 @@ def test_the_sampling_baseline_writes_the_same_strokes(tmp_path, monkeypatch):
     for a, b, phi_a, phi_b in zip(ours.lines, baseline.lines, ours.phis, baseline.phis):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(phi_a, phi_b, rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_kind_names_the_vector_extensions():
+    import bench
+
+    amx = "processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16\n" \
+          "processor\t: 1\nmodel name\t: Some Xeon\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16\n"
+    assert bench.cpu_kind(amx).startswith("Some Xeon, AVX-512 with avx512_bf16 and AMX, ")
+    assert bench.cpu_kind("model name : Some EPYC\nflags : fpu avx avx2 fma\n").startswith("Some EPYC, AVX2, ")
+    assert bench.cpu_kind("").startswith("unknown CPU, no AVX2, ")
+    assert bench.cpu_kind().endswith(f"{os.cpu_count()} cores")
