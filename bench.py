@@ -5,6 +5,8 @@ against the machine's matrix-multiply roof.
     python bench.py --sampling            # seconds to write one 40-character line, and a batch,
                                           # against the roof of reading the weights every point
     python bench.py --task synthesis --steps 5
+    python bench.py --task synthesis --parts   # also: where a step of ours goes, and the speed-up
+                                               # that layer 1 at the roof would give
     python bench.py --compare_loss 120    # also train both 120 steps, comparing validation NLL every 40
     python bench.py --task synthesis --compare_loss 600 --seeds 3 --device cuda   # the longer check
     python bench.py --task synthesis --compare_loss 200 --variants bucketed   # one variant only
@@ -154,6 +156,14 @@ def backward(model, batch, loss_fn, precision):
     return count
 
 
+def optimizer_step(model, optimizer, batch, loss_fn, precision):
+    """One training step as train.py takes it: gradients, clipping, Adam. Returns the real points."""
+    count = backward(model, batch, loss_fn, precision)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+    optimizer.step()
+    return count
+
+
 def run(model, batches, loss_fn, steps, precision, warmup=1, optimizer=None, device="cpu"):
     """Time `steps` optimizer steps after `warmup`; returns (seconds per step, real points per second)."""
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=8e-4)
@@ -162,9 +172,7 @@ def run(model, batches, loss_fn, steps, precision, warmup=1, optimizer=None, dev
         batch = [t.to(device) for t in next(batches)]
         synchronize(device)
         started = time.perf_counter()
-        count = backward(model, batch, loss_fn, precision)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimizer.step()
+        count = optimizer_step(model, optimizer, batch, loss_fn, precision)
         synchronize(device)
         if i >= warmup:
             seconds += time.perf_counter() - started
@@ -197,6 +205,9 @@ def parse_args(argv=None):
                    help="comma-separated, for --compare_loss: padded (fp32, padded batches), bucketed "
                         "(fp32, bucketed batches: isolates bucketing from precision), ours (bucketed, "
                         "--precision); seed s gives the same runs whichever variants are listed")
+    p.add_argument("--parts", action="store_true",
+                   help="also time ours part by part (layer 1 and the window, layer 2, the rest) and say "
+                        "what the speed-up would be with layer 1 at the roof")
     p.add_argument("--roof_seconds", type=float, default=2.0, help="how long to time the matrix-product roof")
     p.add_argument("--sampling", metavar="CHECKPOINT", nargs="?", const="save/synthesis.pt",
                    help="instead of training: time writing one 40-character line, and 10 as a batch")
@@ -236,7 +247,9 @@ def main(argv=None):
         if args.check_precision == "fresh":
             check_precision(fresh_model(HandwritingModel, config, 0, args), data, args)
             continue
-        time_both(config, data, args)
+        seed_points_s, roof = time_both(config, data, args)
+        if args.parts:
+            time_parts(config, data, args, seed_points_s, roof)
         if args.compare_loss:
             compare_loss(config, data, args)
 
@@ -255,17 +268,23 @@ def matmul_roof(device, dtype, size=2048, seconds=2.0):
     return 2 * size ** 3 * repeats / (time.perf_counter() - started)
 
 
-def flops_per_point(config, text_length=40):
-    """Training FLOPs per predicted point: forward matrix products (2 per multiply-add) times 3,
-    for the forward pass and the two products of the backward pass. Elementwise work is left out."""
+def flops_by_part(config, text_length=40):
+    """Training FLOPs per predicted point of each part of the model: forward matrix products (2 per
+    multiply-add) times 3, for the forward pass and the two products of the backward pass.
+    Elementwise work is left out. Synthesis's layer 1 counts the window with it (they step together)."""
     H, M, K = config.cell_size, config.num_clusters, config.K
     A = config.alphabet_size if config.task == "synthesis" else 0
-    forward = 2 * (3 + H + A) * 4 * H            # layer 1: [x, h1, w] -> gates
-    forward += 2 * (3 + H + A + H) * 4 * H       # layer 2: [x, h1, w, h2] -> gates
-    forward += 2 * 2 * H * (6 * M + 1)           # output layer
+    layer1 = 2 * (3 + H + A) * 4 * H              # layer 1: [x, h1, w] -> gates
     if A:
-        forward += 2 * H * 3 * K + 2 * text_length * A  # window parameters, phi times the one-hot text
-    return 3 * forward
+        layer1 += 2 * H * 3 * K + 2 * text_length * A  # window parameters, phi times the one-hot text
+    return {"layer 1": 3 * layer1,
+            "layer 2": 3 * 2 * (3 + H + A + H) * 4 * H,  # [x, h1, w, h2] -> gates
+            "output": 3 * 2 * 2 * H * (6 * M + 1)}
+
+
+def flops_per_point(config, text_length=40):
+    """Training FLOPs per predicted point, all parts together (flops_by_part)."""
+    return sum(flops_by_part(config, text_length).values())
 
 
 def weight_bytes_per_point(config, bytes_per_weight=4):
@@ -311,9 +330,83 @@ def time_both(config, data, args):
     flops = flops_per_point(config)
     bf16 = uses_bf16(args.device, args.precision)
     roof = matmul_roof(args.device, torch.bfloat16 if bf16 else torch.float32, seconds=args.roof_seconds)
-    print(f"{config.task:10s} {flops / 1e6:.1f} MFLOP per point; roof ({'bf16' if bf16 else 'fp32'} matrix "
+    print(f"{config.task:10s} {flops / 1e6:.3g} MFLOP per point; roof ({'bf16' if bf16 else 'fp32'} matrix "
           f"product) {roof / 1e9:.1f} GFLOP/s; ours {results['ours'] * flops / 1e9:.1f} GFLOP/s = "
           f"{results['ours'] * flops / roof:.0%} of the roof, the seed {results['seed'] * flops / 1e9:.1f} GFLOP/s")
+    return results["seed"], roof
+
+
+def timed(device, f):
+    """(f's result, its seconds)."""
+    synchronize(device)
+    started = time.perf_counter()
+    result = f()
+    synchronize(device)
+    return result, time.perf_counter() - started
+
+
+def part_seconds(model, optimizer, batch, precision, device):
+    """Seconds of one whole training step of ours on `batch`, and of its layer 1 (with synthesis's
+    window) and its layer 2, each run forward and backward alone on the step's own inputs."""
+    offsets, mask, text, text_mask = batch
+    inputs, state = offsets[:, :-1], model.initial_state(len(offsets), offsets.device)
+    synthesis = model.config.task == "synthesis"
+
+    def layer1():
+        if synthesis:
+            h1, _, _, windows, _ = model._layer1_with_window(inputs, text, text_mask, state, False)
+            outputs = [h1, windows]
+        else:
+            outputs = [model.layer1(inputs)[0]]
+        torch.autograd.backward(outputs, [torch.ones_like(o) for o in outputs])
+        return torch.cat([inputs, *(o.detach() for o in outputs)], dim=-1)
+
+    def layer2():
+        h2, _ = model._layer2(layer2_input, state)
+        h2.backward(torch.ones_like(h2))
+
+    with autocast(offsets.device, precision):
+        model.zero_grad()
+        layer2_input, layer1_seconds = timed(device, layer1)
+        layer2_input.requires_grad_()  # as in training, layer 2 passes a gradient back
+        model.zero_grad()
+        _, layer2_seconds = timed(device, layer2)
+    count, step_seconds = timed(device, lambda: optimizer_step(model, optimizer, batch, sequence_nll, precision))
+    return count.item(), {"step": step_seconds, "layer 1": layer1_seconds, "layer 2": layer2_seconds}
+
+
+def speedup_with_part_at_roof(seed_points_s, seconds, points, part, part_flops, roof):
+    """The speed-up over the seed if `part` ran at the roof and everything else as measured:
+    seconds holds the step's and each part's seconds over `points` real points."""
+    step = seconds["step"] - seconds[part] + part_flops * points / roof
+    return points / step / seed_points_s
+
+
+def time_parts(config, data, args, seed_points_s, roof):
+    """Where a training step of ours goes (--parts): layer 1 (with the window), layer 2, and the
+    rest (output layer, loss, optimizer: the whole step less the two), each with its FLOP/s; and how
+    fast ours would be against the seed with layer 1 at the roof, and with everything at it."""
+    model = fresh_model(HandwritingModel, config, 0, args)
+    optimizer = torch.optim.Adam(model.parameters(), lr=8e-4)
+    batches = bucketed_batches(data, args.batch_size, args.timesteps, np.random.default_rng(0))
+    seconds, points = {"step": 0.0, "layer 1": 0.0, "layer 2": 0.0}, 0.0
+    for i in range(1 + args.steps):  # the first warms up (and compiles)
+        count, step = part_seconds(model, optimizer, [t.to(args.device) for t in next(batches)],
+                                   args.precision, args.device)
+        if i:
+            points += count
+            seconds = {name: seconds[name] + step[name] for name in seconds}
+    flops = flops_by_part(config)
+    per_step = lambda name: seconds[name] / args.steps
+    gflops = lambda name: flops[name] * points / seconds[name] / 1e9
+    layer1 = "layer 1 and the window" if config.task == "synthesis" else "layer 1"
+    rest = per_step("step") - per_step("layer 1") - per_step("layer 2")
+    print(f"{config.task:10s} ours by part, s/step: {layer1} {per_step('layer 1'):.2f} ({gflops('layer 1'):.0f} "
+          f"GFLOP/s), layer 2 {per_step('layer 2'):.2f} ({gflops('layer 2'):.0f} GFLOP/s), the rest (output "
+          f"layer, loss, optimizer) {rest:.2f}, of {per_step('step'):.2f}")
+    at_roof = speedup_with_part_at_roof(seed_points_s, seconds, points, "layer 1", flops["layer 1"], roof)
+    print(f"{config.task:10s} with {layer1} at the roof: {at_roof:.2f}x the seed; with everything at the "
+          f"roof: {roof / sum(flops.values()) / seed_points_s:.2f}x")
 
 
 class ForwardStep:

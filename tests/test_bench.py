@@ -218,6 +218,52 @@ def test_flops_per_point_by_hand():
     assert flops_per_point(ModelConfig(task="rand_write")) == 3 * (1_289_600 + 2_569_600 + 193_600)
 
 
+def test_flops_by_part_by_hand_and_summing_to_the_whole():
+    """The same hand counts as test_flops_per_point_by_hand, part by part (the window with layer 1)."""
+    from bench import flops_by_part, flops_per_point
+    synthesis = ModelConfig(task="synthesis", alphabet_size=84)
+    assert flops_by_part(synthesis) == {"layer 1": 3 * (1_558_400 + 24_000 + 6_720), "layer 2": 3 * 2_838_400,
+                                        "output": 3 * 193_600}
+    assert sum(flops_by_part(synthesis).values()) == flops_per_point(synthesis)
+
+
+def test_speedup_with_a_part_at_the_roof_by_hand():
+    """Seed 100 points/s; ours 2,000 points in a 10 s step, 6 s of it layer 1, which needs 1 MFLOP a
+    point: at a roof of 1 GFLOP/s layer 1 would take 2 s, the step 6 s: 333.3 points/s, 3.33x."""
+    from bench import speedup_with_part_at_roof
+    seconds = {"step": 10.0, "layer 1": 6.0, "layer 2": 3.0}
+    assert speedup_with_part_at_roof(100.0, seconds, 2000, "layer 1", 1e6, 1e9) == pytest.approx(10 / 3)
+
+
+@pytest.mark.parametrize("task", ["synthesis", "rand_write"])
+def test_parts_add_up_to_the_step_and_the_roof_bound_follows(tmp_path, capsys, task):
+    """--parts on fixture data: layer 1, layer 2 and the rest add up to the step, each part
+    takes time, and the all-at-the-roof bound is the roof over the FLOPs per point over the seed's speed."""
+    import re
+
+    import bench
+    from fixtures import write_data_dir
+
+    args = tiny_bench_args(write_data_dir(tmp_path / "data"))
+    args = [a for a in args if a not in ("--compare_loss", "2")] + ["--parts", "--steps", "2"]
+    args[args.index("synthesis")] = task
+    bench.main(args)
+    out = capsys.readouterr().out
+    number = r"(-?\d+\.\d+)"
+    parts = re.search(rf"ours by part, s/step: layer 1[a-z ]* {number} \((\d+) GFLOP/s\), layer 2 {number} "
+                      rf"\((\d+) GFLOP/s\), the rest \(output layer, loss, optimizer\) {number}, of {number}", out)
+    assert parts, out
+    layer1, _, layer2, _, rest, step = (float(v) for v in parts.groups())
+    assert layer1 + layer2 + rest == pytest.approx(step, abs=0.015)
+    seed = float(re.search(rf"{task}\s+seed\s+{number} s/step\s+(\d+) real points/s", out).group(2))
+    mflop, roof = (float(v) for v in re.search(rf"{number} MFLOP per point; roof \(\w+ matrix product\) "
+                                               rf"{number} GFLOP/s", out).groups())
+    bound = re.search(rf"with layer 1[a-z ]* at the roof: {number}x the seed; with everything at the roof: "
+                      rf"{number}x", out)
+    assert bound, out
+    assert float(bound.group(2)) == pytest.approx(roof * 1e3 / mflop / seed, rel=0.02)
+
+
 def test_sampling_timing_writes_and_reports_per_line(tmp_path, capsys):
     import re
 
