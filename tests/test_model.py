@@ -601,24 +601,24 @@ def recurrence_inputs(B=3, T=6, H=5, K=2, U=4, A=7, dtype=torch.float32, seed=2)
     d = dict(dtype=dtype)
     leaves = [torch.randn(B, T, 4 * H, **d), torch.randn(B, H, **d), torch.randn(B, H, **d), torch.rand(B, K, **d),
               torch.rand(B, A, **d), torch.randn(4 * H, H + A, **d), torch.randn(3 * K, H, **d), torch.randn(3 * K, **d)]
-    one_hot = F.one_hot(torch.randint(0, A, (B, U)), A).to(dtype)
+    text = torch.randint(0, A, (B, U))
     text_mask = torch.ones(B, U, dtype=dtype)
     text_mask[1, 3:] = 0
     text_mask[2, 1:] = 0
-    return leaves, one_hot, text_mask
+    return leaves, text, text_mask
 
 
 def test_windowed_lstm_equals_the_reference_recurrence_values_and_gradients():
     """The hand-written backward pass through time against autograd through the plain loop."""
     from model import WindowedLSTM, reference_recurrence
-    leaves, one_hot, text_mask = recurrence_inputs(dtype=torch.float64)
+    leaves, text, text_mask = recurrence_inputs(dtype=torch.float64)
     results = []
     for fast in [True, False]:
         inputs = [x.clone().requires_grad_() for x in leaves]
-        if fast:
-            out = WindowedLSTM.apply(*inputs, one_hot, text_mask, torch.float64)
-        else:
-            out = reference_recurrence(*inputs, one_hot, text_mask)
+        if fast:  # the window summed by character code
+            out = WindowedLSTM.apply(*inputs, text, text_mask, torch.float64)
+        else:  # the window as Graves writes it: phi times the text's one-hot vectors
+            out = reference_recurrence(*inputs, F.one_hot(text, leaves[4].shape[1]).double(), text_mask)
         hs, ws, c, kappa, phi = out
         (hs.sin().sum() + ws.cos().sum() + c.sum() + (kappa ** 2).sum()).backward()
         results.append([hs, ws, c, kappa, phi] + [x.grad for x in inputs])
@@ -635,10 +635,22 @@ def test_windowed_lstm_gradcheck():
     inputs = (torch.randn(B, T, 4 * H, **d), torch.randn(B, H, **d), torch.randn(B, H, **d),
               torch.rand(B, K, **d), torch.rand(B, A, **d), torch.randn(4 * H, H + A, **d),
               torch.randn(3 * K, H, **d), torch.randn(3 * K, **d))
-    one_hot = torch.nn.functional.one_hot(torch.randint(0, A, (B, U)), A).double()
+    text = torch.randint(0, A, (B, U))
     text_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.float64)
-    fn = lambda *x: WindowedLSTM.apply(*x, one_hot, text_mask, torch.float64)[:4]
+    fn = lambda *x: WindowedLSTM.apply(*x, text, text_mask, torch.float64)[:4]
     assert torch.autograd.gradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 5, 6, 9, 10, 801])
+def test_step_runs_cover_every_step_once_in_order(T):
+    """The runs a stepped recurrence calls its step function on: consecutive, together exactly the
+    T steps, each of one step or STEPS_PER_CALL, the first and the last alone."""
+    from model import STEPS_PER_CALL, step_runs
+    runs = step_runs(T)
+    assert [t for start, stop in runs for t in range(start, stop)] == list(range(T))
+    assert {stop - start for start, stop in runs} <= {1, STEPS_PER_CALL}
+    assert runs[0] == (0, 1) and runs[-1] == (T - 1, T)
+    assert sum(stop - start == 1 for start, stop in runs) <= 1 + STEPS_PER_CALL  # the rest in runs of n
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
@@ -647,13 +659,13 @@ def test_compiled_steps_match_eager():
     """train.py --compile runs the same step functions through torch.compile (layer 1 with the
     window, and SteppedLSTM): same values and gradients."""
     from model import SteppedLSTM, WindowedLSTM
-    leaves, one_hot, text_mask = recurrence_inputs()
+    leaves, text, text_mask = recurrence_inputs()
     torch.manual_seed(6)
     stepped_leaves = [torch.randn(3, 6, 20), torch.randn(3, 5), torch.randn(3, 5), torch.randn(20, 5)]
     results = []
     for compile in [False, True]:
         inputs = [x.clone().requires_grad_() for x in leaves]
-        hs, ws, c, kappa, phi = WindowedLSTM.apply(*inputs, one_hot, text_mask, torch.float32, compile)
+        hs, ws, c, kappa, phi = WindowedLSTM.apply(*inputs, text, text_mask, torch.float32, compile)
         stepped_inputs = [x.clone().requires_grad_() for x in stepped_leaves]
         h2s, c2 = SteppedLSTM.apply(*stepped_inputs, torch.float32, compile)
         (hs.sin().sum() + ws.cos().sum() + c.sum() + kappa.sum() + h2s.sin().sum() + c2.sum()).backward()
