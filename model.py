@@ -752,7 +752,8 @@ class WindowedLSTM(torch.autograd.Function):
     leaving the weight gradients to one large matrix product each after the loop. Gates are
     ordered (i, f, o, g), as in lstm_cell; the text comes as its codes (B, U), int64, where
     reference_recurrence takes their one-hot vectors. With `compile`, torch.compile fuses
-    each step's elementwise operations (opt-in: compiling takes a while at the start).
+    each step's elementwise operations, the steps taken in runs (step_runs) of up to
+    STEPS_PER_CALL a call (opt-in: compiling takes a while at the start).
     tests/test_model.py checks values and gradients against reference_recurrence, and gradcheck.
     """
 
