@@ -12,6 +12,8 @@ against the machine's matrix-multiply roof.
     python bench.py --task synthesis --compare_loss 200 --variants bucketed   # one variant only
     python bench.py --task synthesis --compare_loss 200 --seeds 2 --first_seed 3   # seeds 3 and 4
     python bench.py --check_precision save/synthesis.pt   # what bf16 changes for trained weights
+    git show HEAD~1:model.py > /tmp/old_model.py
+    python bench.py --layer1_against /tmp/old_model.py --compile   # layer 1 of another model.py against ours
 
 The baseline is the seed repository's formulation (SeedModel): every batch padded to --timesteps,
 fp32, two nn.LSTMs for rand_write; for synthesis layer 1 (an nn.LSTMCell) and the window stepped in
@@ -23,6 +25,8 @@ matrix product on this machine, and ours is reported as a share of it (FLOPs per
 model's configuration).
 """
 import argparse
+import importlib.util
+import inspect
 import os
 import time
 
@@ -36,8 +40,8 @@ import dataset
 import model as model_module
 from dataset import collate, make_batches
 from evaluate import dataset_nll
-from model import (GenerationStep, HandwritingModel, ModelConfig, State, autocast, point_nll, sample_mixture,
-                   sequence_nll, split_mixture, uses_bf16, window_weights)
+from model import (GenerationStep, HandwritingModel, ModelConfig, State, autocast, pen_projection, point_nll,
+                   sample_mixture, sequence_nll, split_mixture, uses_bf16, window_weights)
 from train import add_shared_arguments, set_up_cpu
 
 
@@ -211,6 +215,9 @@ def parse_args(argv=None):
     p.add_argument("--roof_seconds", type=float, default=2.0, help="how long to time the matrix-product roof")
     p.add_argument("--sampling", metavar="CHECKPOINT", nargs="?", const="save/synthesis.pt",
                    help="instead of training: time writing one 40-character line, and 10 as a batch")
+    p.add_argument("--layer1_against", metavar="MODEL_PY",
+                   help="instead: time synthesis layer 1 with the window (forward and backward) under "
+                        "another copy of model.py and under ours, alternating in one process")
     p.add_argument("--check_precision", metavar="CHECKPOINT",
                    help="instead of timing: compare bf16 with fp32 validation NLL and gradients for a "
                         "checkpoint's weights (its task), or 'fresh' for newly initialised ones")
@@ -236,6 +243,11 @@ def main(argv=None):
         else f"{cpu_kind()}, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}, {len(data)} training lines, "
           f"batch {args.batch_size} x {args.timesteps} steps, cell {args.cell_size}")
+    if args.layer1_against:
+        config = ModelConfig(task="synthesis", cell_size=args.cell_size, num_clusters=args.num_clusters, K=args.K,
+                             alphabet_size=len(data.alphabet))
+        time_layer1_against(args.layer1_against, config, data, args)
+        return
     if args.check_precision not in (None, "fresh"):
         model = checkpoint.build_model(checkpoint.load(args.check_precision, args.device), args.device)
         print(f"weights from {args.check_precision}: {model.config}")
@@ -407,6 +419,64 @@ def time_parts(config, data, args, seed_points_s, roof):
     at_roof = speedup_with_part_at_roof(seed_points_s, seconds, points, "layer 1", flops["layer 1"], roof)
     print(f"{config.task:10s} with {layer1} at the roof: {at_roof:.2f}x the seed; with everything at the "
           f"roof: {roof / sum(flops.values()) / seed_points_s:.2f}x")
+
+
+def load_model_module(path):
+    """Another copy of model.py as a module of its own, so that its compiled step functions stay
+    apart from ours (torch.compile keys them by their code)."""
+    spec = importlib.util.spec_from_file_location(f"model_{abs(hash(os.path.abspath(path)))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def time_layer1_against(path, config, data, args, rounds=4, batches=2):
+    """--layer1_against: synthesis layer 1 with the window, forward and backward, under the
+    model.py at `path` and under ours, on the same batches and weights, the two taking turns round
+    by round in one process. Separate processes on these shared machines differ by 5-10% in
+    speed, more than a change to one layer makes; turns in one process see the same machine."""
+    other = load_model_module(path)
+    # model.py before 2026-12-04 took the text as one-hot vectors, since then as codes
+    takes_one_hot = "one_hot" in inspect.signature(other.WindowedLSTM.forward).parameters
+    model = fresh_model(HandwritingModel, config, 0, args)
+    bf16 = uses_bf16(args.device, args.precision)
+    matmul_dtype = torch.bfloat16 if bf16 else torch.float32
+    stream = bucketed_batches(data, args.batch_size, args.timesteps, np.random.default_rng(0))
+    chosen = [[t.to(args.device) for t in next(stream)] for _ in range(batches)]
+
+    def run(module, batch):
+        offsets, _, text, text_mask = batch
+        B, H, A = len(offsets), config.cell_size, config.alphabet_size
+        gates = pen_projection(offsets[:, :-1], model.layer1_input).detach().requires_grad_()
+        weights = [w.detach().requires_grad_() for w in
+                   (model.layer1_recurrent.weight, model.window_layer.weight, model.window_layer.bias)]
+        zeros = lambda n: offsets.new_zeros(B, n)
+        codes = F.one_hot(text, A).to(offsets.dtype) if module is other and takes_one_hot else text
+        with torch.autocast(offsets.device.type, dtype=torch.bfloat16, enabled=bf16):
+            outputs, forward_s = timed(args.device, lambda: module.WindowedLSTM.apply(
+                gates, zeros(H), zeros(H), zeros(config.K), zeros(A), *weights, codes, text_mask.to(offsets.dtype),
+                matmul_dtype, args.compile))
+        hs, ws = outputs[:2]
+        _, backward_s = timed(args.device, lambda: torch.autograd.backward([hs, ws], [torch.ones_like(hs),
+                                                                                     torch.ones_like(ws)]))
+        return forward_s, backward_s, hs.detach(), weights[0].grad
+
+    sides = {"other": other, "ours": model_module}
+    first = {name: run(module, chosen[0]) for name, module in sides.items()}  # also compiles
+    print(f"layer 1 of {path} against ours ({'bf16' if bf16 else 'fp32'} products): the same batch gives h "
+          f"within {(first['other'][2] - first['ours'][2]).abs().max():.2g}, the recurrent weight's gradient "
+          f"within {((first['other'][3] - first['ours'][3]).norm() / first['ours'][3].norm()):.2g} (relative)")
+    seconds = {name: [] for name in sides}
+    for r in range(rounds):
+        for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+            seconds[name].append([run(sides[name], batch)[:2] for batch in chosen])
+    medians = {}
+    for name, times in seconds.items():
+        times = np.array(times).sum(1)  # (rounds, forward / backward), summed over the batches
+        medians[name] = np.median(times.sum(1))
+        print(f"{name:6s} forward {np.median(times[:, 0]):.3f} s, backward {np.median(times[:, 1]):.3f} s, "
+              f"together {medians[name]:.4f} s (medians of {rounds} rounds of {batches} batches)")
+    print(f"ours is {medians['other'] / medians['ours']:.3f}x the other's speed")
 
 
 class ForwardStep:

@@ -334,3 +334,24 @@ def test_cpu_kind_names_the_vector_extensions():
     assert bench.cpu_kind("model name : Some EPYC\nflags : fpu avx avx2 fma\n").startswith("Some EPYC, AVX2, ")
     assert bench.cpu_kind("").startswith("unknown CPU, no AVX2, ")
     assert bench.cpu_kind().endswith(f"{os.cpu_count()} cores")
+
+
+def test_layer1_against_another_model_py_times_both_on_the_same_inputs(tmp_path, capsys):
+    """--layer1_against: the same file as ours gives exactly our outputs and gradients, and both
+    sides' timings and their ratio are printed."""
+    import re
+
+    import bench
+    from fixtures import write_data_dir
+
+    data_dir = write_data_dir(tmp_path / "data")
+    ours = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model.py")
+    bench.main(["--data_dir", data_dir, "--batch_size", "4", "--timesteps", "30", "--cell_size", "8",
+                "--device", "cpu", "--precision", "fp32", "--layer1_against", ours])
+    out = capsys.readouterr().out
+    assert "the same batch gives h within 0, the recurrent weight's gradient within 0 (relative)" in out, out
+    together = {name: float(v) for name, v in re.findall(r"(other|ours)\s+forward [\d.]+ s, backward [\d.]+ s, "
+                                                       r"together ([\d.]+) s", out)}
+    ratio = float(re.search(r"ours is ([\d.]+)x the other's speed", out).group(1))
+    assert set(together) == {"other", "ours"}
+    assert ratio == pytest.approx(together["other"] / together["ours"], rel=0.01, abs=0.002)
