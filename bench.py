@@ -369,12 +369,12 @@ def part_seconds(model, optimizer, batch, precision, device):
             h1, _, _, windows, _ = model._layer1_with_window(inputs, text, text_mask, state, False)
             outputs = [h1, windows]
         else:
-            outputs = [model.layer1(inputs)[0]]
+            outputs = [model._lstm(model.layer1, inputs, state.h1, state.c1)[0]]
         torch.autograd.backward(outputs, [torch.ones_like(o) for o in outputs])
         return torch.cat([inputs, *(o.detach() for o in outputs)], dim=-1)
 
     def layer2():
-        h2, _ = model._layer2(layer2_input, state)
+        h2, _ = model._lstm(model.layer2, layer2_input, state.h2, state.c2)
         h2.backward(torch.ones_like(h2))
 
     with autocast(offsets.device, precision):
@@ -447,7 +447,7 @@ def time_layer1_against(path, config, data, args, rounds=4, batches=2):
     def run(module, batch):
         offsets, _, text, text_mask = batch
         B, H, A = len(offsets), config.cell_size, config.alphabet_size
-        gates = pen_projection(offsets[:, :-1], model.layer1_input).detach().requires_grad_()
+        gates = pen_projection(offsets[:, :-1], model.layer1_input.weight, model.layer1_input.bias).detach().requires_grad_()
         weights = [w.detach().requires_grad_() for w in
                    (model.layer1_recurrent.weight, model.window_layer.weight, model.window_layer.bias)]
         zeros = lambda n: offsets.new_zeros(B, n)

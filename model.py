@@ -218,16 +218,15 @@ NOISE_BLOCK = 256
 
 # ----------------------------------------------------------------------------- the network
 
-def pen_projection(offsets, linear):
-    """linear(offsets) for the pen's 3 features: the same values, in a form whose backward pass is
-    fast. nn.Linear's backward keeps the weight's layout and takes its gradient as
+def pen_projection(offsets, weight, bias):
+    """F.linear(offsets, weight, bias) for the pen's 3 features: the same values, in a form whose
+    backward pass is fast. nn.Linear's backward keeps the weight's layout and takes its gradient as
     (grad^T @ offsets)^T, a (4H x BT) by (BT x 3) product that a CPU runs many times slower than
     offsets^T @ grad, the one autograd picks when the product's weight is a contiguous (3, 4H).
     Always in full precision: with 3 inputs the product is bound by memory, not arithmetic, so bf16
     would only add two conversions of the (B, T, 4H) result (forward and backward)."""
     with torch.autocast(offsets.device.type, enabled=False):
-        flat = torch.addmm(linear.bias, offsets.reshape(-1, offsets.shape[-1]).to(linear.weight.dtype),
-                           linear.weight.t().contiguous())
+        flat = torch.addmm(bias, offsets.reshape(-1, offsets.shape[-1]).to(weight.dtype), weight.t().contiguous())
     return flat.view(*offsets.shape[:-1], -1)
 
 
@@ -264,7 +263,7 @@ class HandwritingModel(nn.Module):
         self.layer2 = nn.LSTM(3 + H + A, H, batch_first=True)
         self.output_layer = nn.Linear(2 * H, 6 * M + 1)
         self.compile_recurrence = False  # train.py --compile: torch.compile the stepped recurrences
-        self.stepped_layer2 = None  # None: SteppedLSTM where it is faster (bf16 on an AMX CPU)
+        self.stepped_lstm = None  # nn.LSTM layers as SteppedLSTM? None: where faster (bf16 on an AMX CPU)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -311,15 +310,14 @@ class HandwritingModel(nn.Module):
             layer2_input = torch.cat([offsets, h1, windows], dim=-1)
             window, last_kappa = windows[:, -1], kappa
         else:
-            h1, (h1_last, c1_last) = self.layer1(offsets, (state.h1.unsqueeze(0), state.c1.unsqueeze(0)))
-            h1_last, c1_last = h1_last[0], c1_last[0]
+            h1, c1_last = self._lstm(self.layer1, offsets, state.h1, state.c1)
             layer2_input = torch.cat([offsets, h1], dim=-1)
-        h2, c2_last = self._layer2(layer2_input, state)
+        h2, c2_last = self._lstm(self.layer2, layer2_input, state.h2, state.c2)
         y = self.output_layer(torch.cat([h1, h2], dim=-1))
         if self.config.task == "synthesis":
             new_state = State(h1[:, -1], c1, h2[:, -1], c2_last, last_kappa, window)
         else:
-            new_state = State(h1_last, c1_last, h2[:, -1], c2_last)
+            new_state = State(h1[:, -1], c1_last, h2[:, -1], c2_last)
         return y, new_state, phi
 
     # ------------------------------------------------------------------------- generation
@@ -411,30 +409,33 @@ class HandwritingModel(nn.Module):
             states.append(state)
         return State(*(torch.cat(parts) for parts in zip(*states)))
 
-    def _layer2(self, layer2_input, state):
-        """Layer 2 over the whole sequence: (h2 (B, T, H), its last c). nn.LSTM (oneDNN's fused
-        LSTM on a CPU), or the same layer as SteppedLSTM: on the AMX Xeon oneDNN's bf16 LSTM runs
-        no faster than its fp32 one, and SteppedLSTM's bf16 products made a synthesis training step
-        1.13x (two threads) to 1.20x (one) faster, a rand_write one 1.35x at one thread (level at two)."""
-        lstm, dtype, device_type = self.layer2, self.layer2.weight_hh_l0.dtype, layer2_input.device.type
+    def _lstm(self, lstm, inputs, h0, c0):
+        """One nn.LSTM layer (rand_write's layer 1, layer 2) over the whole sequence from (h0, c0):
+        (h (B, T, H), its last c). Run by nn.LSTM itself (oneDNN's fused LSTM on a CPU), or as
+        SteppedLSTM, the inputs' share of the gates computed first for all steps at once: on the
+        AMX Xeon oneDNN's bf16 LSTM runs little faster than its fp32 one, and SteppedLSTM's bf16
+        products, compiled, ran layer 2 (forward and backward, 50 lines of 700 points) in 1.10 s
+        against 1.68 at one thread, 0.77 against 0.99 at two."""
+        dtype, device_type = lstm.weight_hh_l0.dtype, inputs.device.type
         matmul_dtype = recurrence_matmul_dtype(device_type, dtype)
-        stepped = self.stepped_layer2
+        stepped = self.stepped_lstm
         if stepped is None:
             stepped = matmul_dtype == torch.bfloat16 and device_type == "cpu" and cpu_has_amx()
         if not stepped:
-            h2, (_, c2_last) = lstm(layer2_input, (state.h2.unsqueeze(0), state.c2.unsqueeze(0)))
-            return h2, c2_last[0]
-        input_gates = F.linear(layer2_input, to_ifog(lstm.weight_ih_l0),
-                               to_ifog(lstm.bias_ih_l0 + lstm.bias_hh_l0))  # all steps at once
-        return SteppedLSTM.apply(input_gates, state.h2.to(dtype), state.c2.to(dtype),
-                                 to_ifog(lstm.weight_hh_l0), matmul_dtype, self.compile_recurrence)
+            h, (_, c_last) = lstm(inputs, (h0.unsqueeze(0), c0.unsqueeze(0)))
+            return h, c_last[0]
+        weight_ih, bias = to_ifog(lstm.weight_ih_l0), to_ifog(lstm.bias_ih_l0 + lstm.bias_hh_l0)
+        project = pen_projection if inputs.shape[-1] == 3 else F.linear  # rand_write's layer 1 reads only the pen
+        input_gates = project(inputs, weight_ih, bias)
+        return SteppedLSTM.apply(input_gates, h0.to(dtype), c0.to(dtype), to_ifog(lstm.weight_hh_l0),
+                                 matmul_dtype, self.compile_recurrence)
 
     def _layer1_with_window(self, offsets, text, text_mask, state, return_phi):
         """The recurrence of the synthesis model: LSTM layer 1 and the window, step by step."""
         if text is None or text_mask is None:
             raise ValueError("the synthesis model needs text codes and a text mask")
         dtype = self.layer1_input.weight.dtype  # the recurrence keeps its state in full precision
-        input_gates = pen_projection(offsets, self.layer1_input)  # (B, T, 4H) in dtype: x's share, all steps
+        input_gates = pen_projection(offsets, self.layer1_input.weight, self.layer1_input.bias)  # x's share, all steps
         matmul_dtype = recurrence_matmul_dtype(offsets.device.type, dtype)
         h1, windows, c1, kappa, phi = WindowedLSTM.apply(
             input_gates, state.h1.to(dtype), state.c1.to(dtype), state.kappa.to(dtype), state.window.to(dtype),
@@ -840,10 +841,31 @@ def _lstm_backward_step(grad_h, dh, dc, act, c, c_prev, W, matmul_dtype: torch.d
     return dz, dz.mm(W).to(dc.dtype), dc
 
 
+def _lstm_forward_steps(input_gates, h, c, W, matmul_dtype: torch.dtype):
+    """_lstm_forward_step through a run of steps of input_gates (B, n, 4H): each step's (h, c, act)."""
+    outputs = []
+    for x_gates in input_gates.unbind(1):
+        outputs.append(_lstm_forward_step(x_gates, h, c, W, matmul_dtype))
+        h, c = outputs[-1][:2]
+    return outputs
+
+
+def _lstm_backward_steps(grad_hs, dh, dc, acts, cs, c_before, W, matmul_dtype: torch.dtype):
+    """_lstm_backward_step back through a run of n steps, from its last: grad_hs (B, n, H), the
+    steps' acts and cs (n each), c_before the c of the step before the run. Returns the steps' dz
+    (a list, in step order) and dh, dc for the step before the run."""
+    n = len(acts)
+    dzs = [None] * n
+    for i in range(n - 1, -1, -1):
+        dzs[i], dh, dc = _lstm_backward_step(grad_hs[:, i], dh, dc, acts[i], cs[i],
+                                             cs[i - 1] if i > 0 else c_before, W, matmul_dtype)
+    return dzs, dh, dc
+
+
 class SteppedLSTM(torch.autograd.Function):
     """One LSTM layer through time, its input's share of the gates given (one large product over
     all steps, outside), stepped here with the recurrent product in matmul_dtype and a hand-written
-    backward pass, like WindowedLSTM, and like it compiled on request. Gates and the rows of
+    backward pass, like WindowedLSTM, and like it compiled on request, in runs of steps. Gates and the rows of
     weight_hh (4H, H) are ordered (i, f, o, g): to_ifog reorders an nn.LSTM's. input_gates may
     come in matmul_dtype (as a product under autocast makes them); their gradient comes back in
     matmul_dtype, as the products round it anyway, which spares converting both, 256 MB each, a
@@ -852,13 +874,13 @@ class SteppedLSTM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input_gates, h0, c0, weight_hh, matmul_dtype, compile=False):
-        step = _compiled(_lstm_forward_step) if compile else _lstm_forward_step
+        steps = _compiled(_lstm_forward_steps) if compile else _lstm_forward_steps
         W = weight_hh.to(matmul_dtype).t()
         h, c, hs, cs, acts = h0, c0, [], [], []
         with torch.autocast(h0.device.type, enabled=False):
-            for x_gates in input_gates.unbind(1):
-                h, c, act = step(x_gates, h, c, W, matmul_dtype)
-                hs.append(h), cs.append(c), acts.append(act)
+            for start, stop in step_runs(input_gates.shape[1]):
+                for h, c, act in steps(input_gates[:, start:stop], h, c, W, matmul_dtype):
+                    hs.append(h), cs.append(c), acts.append(act)
         hs = torch.stack(hs, 1)
         ctx.save_for_backward(h0, c0, weight_hh, hs, *cs, *acts)  # unstacked, as in WindowedLSTM
         ctx.matmul_dtype, ctx.compile = matmul_dtype, compile
@@ -867,17 +889,18 @@ class SteppedLSTM(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_hs, grad_c):
         h0, c0, weight_hh, hs, *per_step = ctx.saved_tensors
-        step = _compiled(_lstm_backward_step) if ctx.compile else _lstm_backward_step
+        steps = _compiled(_lstm_backward_steps) if ctx.compile else _lstm_backward_steps
         B, T, H = hs.shape
+        per_step = [x.detach() for x in per_step]  # the last c comes back requiring grad (WindowedLSTM says why)
         cs, acts = per_step[:T], per_step[T:]
         mm_dtype = ctx.matmul_dtype
         W = weight_hh.to(mm_dtype)
         grad_hs = grad_hs if grad_hs is not None else torch.zeros_like(hs)
         dh, dc = torch.zeros_like(h0), (grad_c if grad_c is not None else torch.zeros_like(c0))
         dz_all = [None] * T
-        for t in range(T - 1, -1, -1):
-            dz_all[t], dh, dc = step(grad_hs[:, t], dh, dc, acts[t], cs[t], cs[t - 1] if t > 0 else c0, W,
-                                     mm_dtype)
+        for start, stop in reversed(step_runs(T)):
+            dz_all[start:stop], dh, dc = steps(grad_hs[:, start:stop], dh, dc, acts[start:stop], cs[start:stop],
+                                               cs[start - 1] if start > 0 else c0, W, mm_dtype)
         dz_all = torch.stack(dz_all, 1)  # (B, T, 4H), in mm_dtype
         previous = torch.cat([h0.unsqueeze(1), hs[:, :-1]], 1)
         grad_weight_hh = dz_all.reshape(B * T, -1).t().mm(

@@ -60,7 +60,8 @@ def add_shared_arguments(p):
                         "the loss, and the synthesis window's state, are always fp32")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each step of the stepped recurrences: synthesis's layer 1 with "
-                        "the window, and layer 2 where it is stepped (model.SteppedLSTM: bf16 on AMX CPUs) "
+                        "the window, and the nn.LSTM layers where they are stepped (model.SteppedLSTM: bf16 on "
+                        "AMX CPUs) "
                         "(fuses their small operations; costs one to two minutes of compiling at the start)")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads (0: one per core). Use 1 when anything else runs on the machine: "

@@ -731,25 +731,27 @@ def test_stepped_lstm_gradcheck():
 
 
 @pytest.mark.parametrize("task", ["rand_write", "synthesis"])
-def test_model_with_stepped_layer2_equals_nn_lstm(task):
-    """The model's two ways of running layer 2 (the model picks SteppedLSTM in bf16 on AMX CPUs):
-    the same outputs, final state and weight gradients in fp32, and close under bf16 autocast."""
+def test_model_with_stepped_lstm_equals_nn_lstm(task):
+    """The model's two ways of running its nn.LSTM layers (layer 2, and rand_write's layer 1; the
+    model picks SteppedLSTM in bf16 on AMX CPUs): the same outputs, final state and weight
+    gradients in fp32, and close under bf16 autocast."""
     torch.manual_seed(5)
     config = ModelConfig(task=task, cell_size=8, num_clusters=3, K=2, alphabet_size=6)
     model = HandwritingModel(config)
     offsets = torch.randn(2, 9, 3)
     text = torch.randint(0, 6, (2, 4)) if task == "synthesis" else None
     text_mask = torch.ones(2, 4) if task == "synthesis" else None
-    state = model.initial_state(2)._replace(h2=torch.randn(2, 8), c2=torch.randn(2, 8))
+    state = model.initial_state(2)._replace(h1=torch.randn(2, 8), c1=torch.randn(2, 8), h2=torch.randn(2, 8),
+                                            c2=torch.randn(2, 8))
     results = {}
     for bf16 in [False] + ([True] if bf16_supported("cpu") else []):
         for stepped in [True, False]:
             model.zero_grad()
-            model.stepped_layer2 = stepped
+            model.stepped_lstm = stepped
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 y, final, _ = model(offsets, text, text_mask, state=state)
             y.float().tanh().sum().backward()
-            results[bf16, stepped] = [y.float(), final.h2.float(), final.c2.float()] + \
+            results[bf16, stepped] = [y.float()] + [s.float() for s in final[:4]] + \
                 [p.grad.clone() for p in model.parameters()]
         for stepped, fused in zip(results[bf16, True], results[bf16, False]):
             if bf16:  # both round the products to bf16, in different places
@@ -765,7 +767,7 @@ def test_pen_projection_is_nn_linear_in_values_and_gradients():
     grad = torch.randn(4, 4, 8, dtype=torch.float64)
     expected = linear(offsets)
     expected_weight, expected_bias = torch.autograd.grad(expected, [linear.weight, linear.bias], grad)
-    got = pen_projection(offsets, linear)
+    got = pen_projection(offsets, linear.weight, linear.bias)
     weight, bias = torch.autograd.grad(got, [linear.weight, linear.bias], grad)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(weight, expected_weight)
@@ -780,7 +782,7 @@ def test_pen_projection_stays_in_full_precision_under_bf16_autocast():
     offsets = torch.randn(2, 7, 3) * 3
     expected = offsets @ linear.weight.t() + linear.bias
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = pen_projection(offsets, linear)
+        got = pen_projection(offsets, linear.weight, linear.bias)
         rounded = linear(offsets)  # what autocast makes of a plain nn.Linear
     assert got.dtype == torch.float32 and rounded.dtype == torch.bfloat16
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
