@@ -799,11 +799,12 @@ class WindowedLSTM(torch.autograd.Function):
         dkappa = grad_kappa if grad_kappa is not None else torch.zeros_like(kappa0)
         d_previous = torch.zeros(B, H + window0.shape[1], dtype=h0.dtype, device=h0.device)  # of [h, w]
         dz_all, dp_all = [None] * T, [None] * T
-        for start, stop in reversed(step_runs(T)):
-            dz_all[start:stop], dp_all[start:stop], d_previous, dc, dkappa = steps(
-                grad_hs[:, start:stop], grad_ws[:, start:stop], d_previous, dc, dkappa, acts[start:stop],
-                cs[start:stop], cs[start - 1] if start > 0 else c0, ps[start:stop], kappas[start:stop], W,
-                window_weight, text, text_mask, mm_dtype)
+        with torch.autocast(h0.device.type, enabled=False):  # as in forward, wherever backward runs
+            for start, stop in reversed(step_runs(T)):
+                dz_all[start:stop], dp_all[start:stop], d_previous, dc, dkappa = steps(
+                    grad_hs[:, start:stop], grad_ws[:, start:stop], d_previous, dc, dkappa, acts[start:stop],
+                    cs[start:stop], cs[start - 1] if start > 0 else c0, ps[start:stop], kappas[start:stop], W,
+                    window_weight, text, text_mask, mm_dtype)
         dh, dw = d_previous[:, :H], d_previous[:, H:]
         dz_all, dp_all = torch.stack(dz_all, 1), torch.stack(dp_all, 1)  # (B, T, 4H), (B, T, 3K)
         previous = torch.cat([torch.cat([h0.unsqueeze(1), hs[:, :-1]], 1),
@@ -895,12 +896,15 @@ class SteppedLSTM(torch.autograd.Function):
         cs, acts = per_step[:T], per_step[T:]
         mm_dtype = ctx.matmul_dtype
         W = weight_hh.to(mm_dtype)
-        grad_hs = grad_hs if grad_hs is not None else torch.zeros_like(hs)
+        # contiguous: a layer's h reaches the loss through different concatenations (rand_write's
+        # layer 1 and layer 2 alike), and each layout of grad_hs would be one more compiled version
+        grad_hs = grad_hs.contiguous() if grad_hs is not None else torch.zeros_like(hs)
         dh, dc = torch.zeros_like(h0), (grad_c if grad_c is not None else torch.zeros_like(c0))
         dz_all = [None] * T
-        for start, stop in reversed(step_runs(T)):
-            dz_all[start:stop], dh, dc = steps(grad_hs[:, start:stop], dh, dc, acts[start:stop], cs[start:stop],
-                                               cs[start - 1] if start > 0 else c0, W, mm_dtype)
+        with torch.autocast(h0.device.type, enabled=False):  # as in forward, wherever backward runs
+            for start, stop in reversed(step_runs(T)):
+                dz_all[start:stop], dh, dc = steps(grad_hs[:, start:stop], dh, dc, acts[start:stop], cs[start:stop],
+                                                   cs[start - 1] if start > 0 else c0, W, mm_dtype)
         dz_all = torch.stack(dz_all, 1)  # (B, T, 4H), in mm_dtype
         previous = torch.cat([h0.unsqueeze(1), hs[:, :-1]], 1)
         grad_weight_hh = dz_all.reshape(B * T, -1).t().mm(

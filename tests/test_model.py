@@ -692,6 +692,35 @@ def test_compiled_steps_match_eager():
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile needs a C++ compiler on the CPU")
+def test_compiled_stepped_lstm_keeps_to_a_few_versions():
+    """torch.compile makes a version of a step function for each dtype, layout and autocast state
+    it meets, and past 8 falls back to running it uncompiled. rand_write's two stepped layers,
+    trained as in train.py and run alone with backward under autocast as in bench.py --parts, must
+    share one backward version per kind of run (the first step, runs of STEPS_PER_CALL, single
+    steps); the forward one a version per kind for each dtype of the input gates (layer 1's are
+    full precision, layer 2's autocast's)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+    import model
+    torch._dynamo.reset()
+    torch.manual_seed(7)
+    net = HandwritingModel(ModelConfig(task="rand_write", cell_size=8, num_clusters=2))
+    net.compile_recurrence, net.stepped_lstm = True, True
+    bf16 = bf16_supported("cpu")
+    for T in [11, 14]:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y, _, _ = net(torch.randn(2, T, 3))
+        y.float().square().mean().backward()  # as in training: backward outside autocast
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as bench.py --parts
+            state = net.initial_state(2)
+            h1, _ = net._lstm(net.layer1, torch.randn(2, T, 3), state.h1, state.c1)
+            h1.backward(torch.ones_like(h1))
+    versions = lambda f: len(_debug_get_cache_entry_list(f.__code__))
+    assert versions(model._lstm_backward_steps) == 3
+    assert versions(model._lstm_forward_steps) == (6 if bf16 else 3)
+
+
 # ----------------------------------------------------------------------------- layer 2, stepped
 
 def test_stepped_lstm_is_nn_lstm_in_values_and_gradients():
