@@ -698,10 +698,11 @@ def _compiled(step):
     return torch.compile(step, dynamic=True)
 
 
-# WindowedLSTM calls its step functions on runs of this many time steps: each call of a
-# compiled function costs about 0.1 ms of its own (guards, wrapper) beside a layer-1 step's ~0.8,
-# and four steps a call ran layer 1's forward loop 1.15x faster.
-STEPS_PER_CALL = 4
+# WindowedLSTM and SteppedLSTM call their step functions on runs of this many time steps: each
+# call of a compiled function costs about 0.1 ms of its own (guards, wrapper) beside a layer-1
+# step's ~0.8. Four steps a call ran layer 1's forward loop 1.15x faster than one (AVX-512 EPYC);
+# eight, layer 1 forward and back 1.05x faster than four (AMX Xeon, one thread, SPEED.md).
+STEPS_PER_CALL = 8
 
 
 def step_runs(T, n=STEPS_PER_CALL):

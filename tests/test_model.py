@@ -610,8 +610,9 @@ def recurrence_inputs(B=3, T=6, H=5, K=2, U=4, A=7, dtype=torch.float32, seed=2)
 
 def test_windowed_lstm_equals_the_reference_recurrence_values_and_gradients():
     """The hand-written backward pass through time against autograd through the plain loop."""
-    from model import WindowedLSTM, reference_recurrence
-    leaves, text, text_mask = recurrence_inputs(dtype=torch.float64)
+    from model import STEPS_PER_CALL, WindowedLSTM, reference_recurrence
+    # long enough for two runs of STEPS_PER_CALL steps between single ones (model.step_runs)
+    leaves, text, text_mask = recurrence_inputs(T=2 * STEPS_PER_CALL + 2, dtype=torch.float64)
     results = []
     for fast in [True, False]:
         inputs = [x.clone().requires_grad_() for x in leaves]
@@ -676,10 +677,11 @@ def test_step_runs_cover_every_step_once_in_order(T):
 def test_compiled_steps_match_eager():
     """train.py --compile runs the same step functions through torch.compile (layer 1 with the
     window, and SteppedLSTM): same values and gradients."""
-    from model import SteppedLSTM, WindowedLSTM
-    leaves, text, text_mask = recurrence_inputs()
+    from model import STEPS_PER_CALL, SteppedLSTM, WindowedLSTM
+    T = 2 * STEPS_PER_CALL + 2  # two runs of STEPS_PER_CALL steps between single ones (model.step_runs)
+    leaves, text, text_mask = recurrence_inputs(T=T)
     torch.manual_seed(6)
-    stepped_leaves = [torch.randn(3, 6, 20), torch.randn(3, 5), torch.randn(3, 5), torch.randn(20, 5)]
+    stepped_leaves = [torch.randn(3, T, 20), torch.randn(3, 5), torch.randn(3, 5), torch.randn(20, 5)]
     results = []
     for compile in [False, True]:
         inputs = [x.clone().requires_grad_() for x in leaves]
@@ -708,7 +710,9 @@ def test_compiled_stepped_lstm_keeps_to_a_few_versions():
     net = HandwritingModel(ModelConfig(task="rand_write", cell_size=8, num_clusters=2))
     net.compile_recurrence, net.stepped_lstm = True, True
     bf16 = bf16_supported("cpu")
-    for T in [11, 14]:
+    # lengths with two and three runs of STEPS_PER_CALL steps: a run at a new offset is what
+    # made torch.compile generalise a version
+    for T in [2 * model.STEPS_PER_CALL + 3, 3 * model.STEPS_PER_CALL + 2]:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             y, _, _ = net(torch.randn(2, T, 3))
         y.float().square().mean().backward()  # as in training: backward outside autocast
