@@ -5,6 +5,7 @@ and cut them into padded batches here; generation encodes its texts with the sam
 the same padding. One home for all of it, so that the format has one definition.
 """
 import os
+import unicodedata
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -19,6 +20,30 @@ ALPHABET = (" !\"#%&'()*+,-./0123456789:;?@"
 # The one rule for a character outside the alphabet, in training and generation alike:
 # it is written as this character (a space: the pen leaves a gap rather than guess a shape).
 UNKNOWN_REPLACEMENT = " "
+
+
+# What people type that the alphabet lacks but can spell: typographic quotes and dashes, and a
+# few letters that Unicode does not decompose. Accented letters (é, ñ), ligatures (ﬁ) and the
+# ellipsis come from Unicode's own decomposition (NFKD) instead.
+LOOKALIKES = {"‘": "'", "’": "'", "‛": "'", "′": "'", "‚": ",", "“": '"', "”": '"', "„": '"',
+              "″": '"', "«": '"', "»": '"', "‐": "-", "‑": "-", "‒": "-", "–": "-", "—": "-",
+              "―": "-", "−": "-", "ß": "ss", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE",
+              "ø": "o", "Ø": "O", "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "×": "x"}
+
+
+def spelled_in(text, alphabet=ALPHABET):
+    """`text` with each character outside `alphabet` replaced by a look-alike spelled in it
+    (’ -> ', é -> e, … -> ...) where there is one; others are left for encode_text's rule.
+    Generation does this to the texts it is given; the training transcriptions need none."""
+    out = []
+    for ch in text:
+        if ch not in alphabet:
+            alike = LOOKALIKES.get(ch) or "".join(
+                c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+            if alike and all(c in alphabet for c in alike):
+                ch = alike
+        out.append(ch)
+    return "".join(out)
 
 
 def unknown_characters(text, alphabet=ALPHABET):

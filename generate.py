@@ -204,9 +204,13 @@ class Writer:
         offsets[-1, 0] = 1.0
         return torch.from_numpy(offsets)
 
+    def spelled(self, text):
+        """`text` with look-alikes for the characters the alphabet lacks (dataset.spelled_in)."""
+        return dataset.spelled_in(text, self.alphabet)
+
     def as_written(self, text):
-        """`text` with each character outside the alphabet replaced, as the network reads it."""
-        return dataset.decode_text(dataset.encode_text(text, self.alphabet), self.alphabet)
+        """`text` as the network reads it: look-alikes in, other unknown characters replaced."""
+        return dataset.decode_text(dataset.encode_text(self.spelled(text), self.alphabet), self.alphabet)
 
     def encode(self, texts):
         """Texts -> padded codes (B, U) and mask (B, U); warns about characters outside the alphabet."""
@@ -223,7 +227,9 @@ class Writer:
               retries=RETRIES):
         """Write each text as one line (synthesis), all as one batch; returns a Writing in pen units.
 
-        bias is Graves' sampling bias (section 5.2): 0 samples the model as trained, larger writes
+        Characters the alphabet lacks are written as look-alikes where there are some (’ as ',
+        é as e: dataset.spelled_in), else as spaces, with a warning; Writing.texts holds what
+        was written. bias is Graves' sampling bias (section 5.2): 0 samples the model as trained, larger writes
         more neatly. The same seed gives the same strokes; None draws a fresh one (Writing.seed).
         prime, a Prime (or a list, one per text), is the hand to write in (section 5.5): the
         network first reads its strokes, its window on the prime's text, then writes on.
@@ -262,8 +268,9 @@ class Writer:
         texts = [texts] if isinstance(texts, str) else list(texts)
         if any(not text.strip() for text in texts):
             raise ValueError("cannot write an empty (or whitespace-only) text")
+        texts = [self.spelled(text) for text in texts]
         primes = [prime] * len(texts) if isinstance(prime, Prime) else prime
-        read = texts if primes is None else [joined_text(p.text, t)
+        read = texts if primes is None else [joined_text(self.spelled(p.text), t)
                                              for p, t in zip(primes, texts, strict=True)]
         prime_chars = [len(r) - len(t) for r, t in zip(read, texts)]
         text, text_mask = self.encode(read)
@@ -296,7 +303,7 @@ class Writer:
         stalls is kept, marked in Writing.capped, with a warning. Each attempt takes the next
         seed, from `seed` (Writing.seed) on, so the same seed gives the same page.
         """
-        lines = [lines] if isinstance(lines, str) else list(lines)
+        lines = [self.spelled(line) for line in ([lines] if isinstance(lines, str) else lines)]
         first_seed = seed = fresh_seed() if seed is None else seed
         written, previous = [], None
         for number, text in enumerate(lines):

@@ -211,11 +211,20 @@ def test_each_writer_does_only_its_own_task(checkpoints, writer):
 
 def test_unknown_characters_are_named_and_written_as_spaces(writer):
     write = lambda text: writer.write([text], 0.0, 5, 10)
-    with pytest.warns(UserWarning, match="'é'.*'€'"):
-        unknown = write("a€bé")
+    with pytest.warns(UserWarning, match="'€'.*'☃'"):
+        unknown = write("a€b☃")
     known = write("a b ")
     np.testing.assert_array_equal(unknown.lines[0], known.lines[0])
     np.testing.assert_array_equal(unknown.phis[0], known.phis[0])
+
+
+def test_typed_characters_outside_the_alphabet_are_written_as_their_look_alikes(writer, recwarn):
+    write = lambda text: writer.write([text], 0.0, 5, 10)
+    typed, plain = write("don’t “Ærø” – café…"), write("don't \"AEro\" - cafe...")
+    np.testing.assert_array_equal(typed.lines[0], plain.lines[0])
+    np.testing.assert_array_equal(typed.phis[0], plain.phis[0])
+    assert typed.texts == ["don't \"AEro\" - cafe..."]  # what was written, one label per window row
+    assert not [w for w in recwarn if "alphabet" in str(w.message)]  # nothing was unknown
 
 
 def test_empty_text_is_an_error(writer, checkpoints, capsys):

@@ -255,9 +255,14 @@ def test_primes_of_different_lengths_write_each_line_as_if_alone(writer, monkeyp
 
 def test_unknown_characters_in_the_prime_text_are_written_as_spaces(writer):
     write = lambda prime_text: writer.write(["ab"], 0.0, 5, 10, prime=Prime(prime_text, loops(16))).lines[0]
-    with pytest.warns(UserWarning, match="'é'"):
-        unknown = write("aéb")
+    with pytest.warns(UserWarning, match="'€'"):
+        unknown = write("a€b")
     np.testing.assert_array_equal(unknown, write("a b"))
+
+
+def test_the_prime_text_is_spelled_with_look_alikes_like_a_text(writer):
+    write = lambda prime_text: writer.write(["ab"], 0.0, 5, 10, prime=Prime(prime_text, loops(16))).lines[0]
+    np.testing.assert_array_equal(write("café…"), write("cafe..."))
 
 
 def test_an_empty_text_is_refused_even_after_a_prime(writer):

@@ -164,6 +164,14 @@ def test_collate_empty_text_only():
     assert text.shape == (1, 1) and text_mask.sum() == 0
 
 
+def test_spelled_in_gives_look_alikes_only_where_the_alphabet_can_spell_them():
+    assert dataset.spelled_in("“Ça va?” — naïve ﬁsh, 5×3…") == '"Ca va?" - naive fish, 5x3...'
+    assert dataset.spelled_in("Straße, ☃, €") == "Strasse, ☃, €"  # no look-alike: left for encode_text
+    assert dataset.spelled_in("e…é", alphabet="abcde") == "e…e"  # no '.' to spell the ellipsis with
+    assert dataset.spelled_in(dataset.ALPHABET) == dataset.ALPHABET
+    assert dataset.decode_text(dataset.encode_text(dataset.spelled_in("don’t €"))) == "don't  "
+
+
 # ----------------------------------------------------------------------------- evaluate
 
 def test_evaluate_equals_lines_one_by_one():
