@@ -227,16 +227,16 @@ class Writer:
               retries=RETRIES):
         """Write each text as one line (synthesis), all as one batch; returns a Writing in pen units.
 
-        Characters the alphabet lacks are written as look-alikes where there are some (’ as ',
-        é as e: dataset.spelled_in), else as spaces, with a warning; Writing.texts holds what
-        was written. bias is Graves' sampling bias (section 5.2): 0 samples the model as trained, larger writes
+        bias is Graves' sampling bias (section 5.2): 0 samples the model as trained, larger writes
         more neatly. The same seed gives the same strokes; None draws a fresh one (Writing.seed).
         prime, a Prime (or a list, one per text), is the hand to write in (section 5.5): the
         network first reads its strokes, its window on the prime's text, then writes on.
         A line that stalls (its window does not reach the end of its text within the step cap,
         rare: words would be missing) is written again, the stalled lines of the batch together,
         with seed + 1, + 2, ... up to `retries` times; one that still stalls is kept, marked in
-        Writing.capped, with a warning.
+        Writing.capped, with a warning. Characters the alphabet lacks are written as look-alikes
+        where there are some (’ as ', é as e: dataset.spelled_in), else as spaces, with a
+        warning; Writing.texts holds the texts as written.
         """
         writing = self._write(texts, bias, seed, max_points_per_char, prime)
         primes = [prime] * len(writing.texts) if prime is None or isinstance(prime, Prime) else list(prime)
