@@ -303,7 +303,7 @@ class Writer:
         stalls is kept, marked in Writing.capped, with a warning. Each attempt takes the next
         seed, from `seed` (Writing.seed) on, so the same seed gives the same page.
         """
-        lines = [self.spelled(line) for line in ([lines] if isinstance(lines, str) else lines)]
+        lines = [lines] if isinstance(lines, str) else list(lines)
         first_seed = seed = fresh_seed() if seed is None else seed
         written, previous = [], None
         for number, text in enumerate(lines):
@@ -321,8 +321,8 @@ class Writer:
             written.append(attempt)
             if not attempt.capped[0]:
                 previous = Prime(self.as_written(text), attempt.lines[0])
-        return Writing([w.lines[0] for w in written], first_seed, lines, [w.phis[0] for w in written],
-                       [w.capped[0] for w in written])
+        return Writing([w.lines[0] for w in written], first_seed, [w.texts[0] for w in written],
+                       [w.phis[0] for w in written], [w.capped[0] for w in written])
 
     def sample(self, num_lines=4, length=700, bias=0.0, seed=None):
         """num_lines lines of `length` points each from an unconditional (rand_write) model."""

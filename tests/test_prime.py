@@ -263,6 +263,7 @@ def test_unknown_characters_in_the_prime_text_are_written_as_spaces(writer):
 def test_the_prime_text_is_spelled_with_look_alikes_like_a_text(writer):
     write = lambda prime_text: writer.write(["ab"], 0.0, 5, 10, prime=Prime(prime_text, loops(16))).lines[0]
     np.testing.assert_array_equal(write("café…"), write("cafe..."))
+    assert writer.write_page(["café…", "naïve"], 0.0, 5, 10).texts == ["cafe...", "naive"]  # as written
 
 
 def test_an_empty_text_is_refused_even_after_a_prime(writer):
