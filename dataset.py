@@ -188,17 +188,93 @@ def distorted(offsets, data, rng, strength):
     return np.column_stack([offsets[:, :1], moved]).astype(np.float32)
 
 
+# ----------------------------------------------------------------------------- lines that follow each other
+
+def joined_text(first, second):
+    """The text of a line followed by another: the two joined by one space, as a primed line's
+    window reads its prime's text and then the text it writes."""
+    return f"{first.rstrip()} {second}"
+
+
+def next_lines(line_ids):
+    """For each line, the index of the next line of the same form, or -1. An IAM-OnDB form is one
+    writer's consecutive lines, FORM-01, FORM-02, ... (a01-000u-01); ids of another shape have none."""
+    where = {line_id: i for i, line_id in enumerate(line_ids)}
+    following = []
+    for line_id in line_ids:
+        form, _, number = line_id.rpartition("-")
+        following.append(where.get(f"{form}-{int(number) + 1:0{len(number)}d}", -1)
+                         if form and number.isdigit() else -1)
+    return following
+
+
+def joining_move(first, second, characters):
+    """The pen-up move (dx, dy), in pen units, from the end of line `first` to the start of line
+    `second` written on to its right, as generation writes a text after its prime: one word space
+    (the first line's width over its `characters`) right of the first line's rightmost point, the
+    two lines' median heights level. first, second: pen-unit offsets (T, 2), each from its line's
+    start (the first row is the zero offset)."""
+    (x1, y1), (x2, y2) = np.cumsum(first, axis=0).T, np.cumsum(second, axis=0).T
+    word_space = np.ptp(x1) / max(characters, 1)
+    start_x = x1.max() + word_space + (x2[0] - x2.min())
+    start_y = np.median(y1) + (y2[0] - np.median(y2))
+    return np.array([start_x - x1[-1], start_y - y1[-1]])
+
+
+def joined(data, first, second):
+    """Lines `first` and `second` of data (consecutive lines of one writer) as one training
+    sequence, joined the way generation joins a prime and its text: (offsets (T1 + T2, 3), text
+    codes). The second line's start row (its zero offset) becomes the joining move (joining_move):
+    the pen, lifted at the first line's end, goes to where the second line starts."""
+    mean, std = np.asarray(data.offset_mean, np.float64), np.asarray(data.offset_std, np.float64)
+    a, b = data.offsets[first], data.offsets[second]
+    move = joining_move(a[:, 1:] * std + mean, b[:, 1:] * std + mean, len(data.texts[first].rstrip()))
+    b = b.copy()
+    b[0, 1:] = (move - mean) / std
+    text = joined_text(data.texts[first], data.texts[second])
+    return np.concatenate([a, b]).astype(np.float32), encode_text(text, data.alphabet)
+
+
+def sequence(data, item):
+    """A training sequence's (offsets, text codes): item is a line's index, or a pair of indices of
+    lines that follow each other (joined)."""
+    if isinstance(item, (tuple, list)):
+        return joined(data, *item)
+    return data.offsets[item], data.text_codes[item]
+
+
+def epoch_items(data, join_fraction, rng):
+    """The sequences of one training epoch: every line once, alone or, with probability
+    join_fraction when its writer wrote a next line, followed by that line (joined). With
+    join_fraction 0 these are the plain line indices, and rng is not used."""
+    if not join_fraction:
+        return list(range(len(data)))
+    following = next_lines(data.line_ids)
+    draws = rng.random(len(data))
+    return [(i, following[i]) if following[i] >= 0 and draws[i] < join_fraction else i
+            for i in range(len(data))]
+
+
+def item_length(data, item):
+    """The number of points of a training sequence (epoch_items), without building it."""
+    if isinstance(item, (tuple, list)):
+        return sum(len(data.offsets[i]) for i in item)
+    return len(data.offsets[item])
+
+
 def collate(data, indices, max_points=None, device="cpu", distortion=0.0, rng=None):
     """Pad the chosen lines into tensors: offsets (B, T, 3), mask (B, T), text (B, U), text_mask (B, U).
 
-    max_points cuts each line to its first max_points points (max_points - 1 predictions). With a
-    distortion > 0 each line is `distorted` first, drawing from the numpy Generator rng.
+    indices are lines' indices, or pairs of them for lines joined (`sequence`). max_points cuts each
+    sequence to its first max_points points (max_points - 1 predictions). With a distortion > 0
+    each sequence is `distorted` first (a joined pair as one: one writer), drawing from rng.
     """
-    lines = [data.offsets[i][:max_points] for i in indices]
+    sequences = [sequence(data, i) for i in indices]
+    lines = [offsets[:max_points] for offsets, _ in sequences]
     if distortion:
         lines = [distorted(line, data, rng, distortion) for line in lines]
     offsets, mask = pad(lines, np.float32)
-    text, text_mask = pad([data.text_codes[i] for i in indices], np.int64)
+    text, text_mask = pad([codes for _, codes in sequences], np.int64)
     return offsets.to(device), mask.to(device), text.to(device), text_mask.to(device)
 
 

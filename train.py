@@ -94,6 +94,10 @@ def parse_args(argv=None):
                         "in width and height by e^a and e^b and slanted by s, with a, b, s ~ "
                         "N(0, STRENGTH^2) drawn afresh every time (dataset.distorted; 0: off, "
                         "0.1: about 10%% and 6 degrees)")
+    p.add_argument("--join_lines", type=float, default=0.0, metavar="FRACTION",
+                   help="synthesis: train on this fraction of lines followed by their writer's next "
+                        "line, joined as generation joins a prime and its text (dataset.joined), so "
+                        "that priming carries the hand; raise --timesteps to hold both (0: single lines)")
     p.add_argument("--resume", action="store_true",
                    help="continue from MODEL_DIR/<task>_last.pt, with the run's own options (rate, "
                         "schedule, batches, --tbptt, model size) except those given again")
@@ -142,7 +146,7 @@ def parse_args(argv=None):
 # Where it runs (--device, --precision, --compile, --threads, --data_dir) and when this invocation
 # stops (--max_steps, --max_cpu_hours) are the command line's.
 RUN_OPTIONS = ("cell_size", "num_clusters", "K", "batch_size", "timesteps", "bucket_pool", "num_epochs",
-               "learning_rate", "decay_rate", "decay_per_step", "grad_clip", "weight_noise", "distort", "tbptt", "seed",
+               "learning_rate", "decay_rate", "decay_per_step", "grad_clip", "weight_noise", "distort", "join_lines", "tbptt", "seed",
                "save_every", "snapshots", "curve_every", "curve_lines")
 
 
@@ -449,56 +453,36 @@ def over_budget(args, progress):
     return bool(args.max_cpu_hours) and progress.cpu_seconds >= args.max_cpu_hours * 3600
 
 
+# the numpy stream that chooses an epoch's joined lines, apart from its batch order's
+JOIN_STREAM = 1
+
+
 def train_epoch(args, run, model, optimizer, train_data, progress, epoch, ranks, curve_data=None):
     """Train the rest of epoch `epoch`; returns None, or the option (--max_steps, --max_cpu_hours)
     that stopped it first. With --curve_every, rank 0 logs the NLL of curve_data on the way."""
-    # the batch order is a function of (seed, epoch), so a resumed run sees the same batches;
-    # the loop's step s takes batches s * ranks.size ... s * ranks.size + ranks.size - 1, one per rank
-    batches = dataset.make_batches([len(x) for x in train_data.offsets], args.batch_size,
+    # the sequences and their batch order are a function of (seed, epoch), so a resumed run sees the
+    # same batches; the loop's step s takes batches s * ranks.size ... + ranks.size - 1, one per rank
+    items = dataset.epoch_items(train_data, args.join_lines, np.random.default_rng([args.seed, epoch, JOIN_STREAM]))
+    batches = dataset.make_batches([dataset.item_length(train_data, item) for item in items], args.batch_size,
                                    np.random.default_rng([args.seed, epoch]), args.bucket_pool)
     steps = len(batches) // ranks.size
-    started, points_this_run, cpu_unsummed = time.time(), 0.0, 0.0
-    cpu_mark, wall_mark = time.process_time(), time.time()
+    clock = {"started": time.time(), "points": 0.0, "cpu_unsummed": 0.0,
+             "cpu_mark": time.process_time(), "wall_mark": time.time()}
     bar = tqdm(total=steps, initial=progress.step_in_epoch, desc=f"epoch {epoch + 1}/{args.num_epochs}",
                disable=not ranks.main)
     for step in range(progress.step_in_epoch, steps):
         batch = step * ranks.size + ranks.rank
         # the distortions of a batch are a function of (seed, epoch, batch): a resumed run draws the same
-        offsets, mask, text, text_mask = dataset.collate(train_data, batches[batch], args.timesteps + 1, args.device,
-                                                         args.distort, np.random.default_rng([args.seed, epoch, batch]))
-        predictions = offsets.shape[1] - 1
-        steps_before, state, batch_lines = progress.step, None, 0
-        # one optimizer step per window of the batch (one window unless --tbptt)
-        for start, stop in dataset.windows(predictions, args.tbptt or predictions):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(args, epoch, progress, steps)
-            window = (offsets[:, start:stop + 1], mask[:, start:stop + 1], text, text_mask)
-            nll, count, lines, state = train_step(args, model, optimizer, window, ranks, state, progress.step)
-            progress.step += 1
-            if nll is None:
-                # a non-finite step would poison the weights and Adam's moments: it was skipped
-                progress.bad_steps += 1
-                tqdm.write(f"step {progress.step - 1}: non-finite loss or gradient, step skipped")
-                if progress.bad_steps >= 10:
-                    raise SystemExit(f"10 non-finite steps in a row; stopping. {run.last} holds the last "
-                                     f"weights saved before the failures began (and {run.best} the best "
-                                     "epoch's). Try a lower --learning_rate.")
-                continue
-            progress.bad_steps = 0
-            progress.epoch_nll += nll
-            progress.epoch_points += count
-            progress.window_nll += nll
-            progress.window_points += count
-            progress.points += count
-            points_this_run += count
-            batch_lines = lines
-            bar.set_postfix(nats_per_point=f"{nll / count:.3f}",
-                            points_per_s=f"{points_this_run / (time.time() - started):.0f}")
-        progress.epoch_lines += batch_lines
+        offsets, mask, text, text_mask = dataset.collate(train_data, [items[i] for i in batches[batch]],
+                                                         args.timesteps + 1, args.device, args.distort,
+                                                         np.random.default_rng([args.seed, epoch, batch]))
+        steps_before = progress.step
+        train_batch(args, run, model, optimizer, (offsets, mask, text, text_mask), ranks, progress,
+                    lambda: learning_rate(args, epoch, progress, steps), clock, bar)
         progress.step_in_epoch += 1
-        cpu_unsummed += time.process_time() - cpu_mark
-        progress.epoch_seconds += time.time() - wall_mark
-        cpu_mark, wall_mark = time.process_time(), time.time()
+        clock["cpu_unsummed"] += time.process_time() - clock["cpu_mark"]
+        progress.epoch_seconds += time.time() - clock["wall_mark"]
+        clock["cpu_mark"], clock["wall_mark"] = time.process_time(), time.time()
         bar.update(1)
         # checks come between batches: due when the batch's steps reached a multiple of N
         due = lambda every: every and progress.step // every > steps_before // every
@@ -506,14 +490,14 @@ def train_epoch(args, run, model, optimizer, train_data, progress, epoch, ranks,
         save_due, curve_due = due(args.save_every), due(args.curve_every)
         if save_due or curve_due or stop or progress.step_in_epoch == steps:
             # every rank reaches these points together: add all ranks' CPU time in one all_reduce
-            progress.cpu_seconds += ranks.sum([cpu_unsummed], args.device)[0]
-            cpu_unsummed = 0.0
+            progress.cpu_seconds += ranks.sum([clock["cpu_unsummed"]], args.device)[0]
+            clock["cpu_unsummed"] = 0.0
             if over_budget(args, progress) and progress.step_in_epoch < steps:
                 stop = stop or "--max_cpu_hours"
         if curve_due and ranks.main:
             log_curve(args, run, unwrapped(model), optimizer, curve_data, progress)
         if curve_due:
-            cpu_mark = time.process_time()  # the curve's evaluation is measurement, not training
+            clock["cpu_mark"] = time.process_time()  # the curve's evaluation is measurement, not training
         if save_due or stop:
             run.save_last(unwrapped(model), optimizer, progress, train_data)
         if stop:
@@ -521,6 +505,39 @@ def train_epoch(args, run, model, optimizer, train_data, progress, epoch, ranks,
             return stop
     bar.close()
     return None
+
+
+def train_batch(args, run, model, optimizer, batch, ranks, progress, rate, clock, bar):
+    """One batch: one optimizer step per window of it (one window unless --tbptt), each window's
+    lines starting from the state the previous window left; adds to progress's counts."""
+    offsets, mask, text, text_mask = batch
+    state, batch_lines = None, 0
+    for start, stop in dataset.windows(offsets.shape[1] - 1, args.tbptt or offsets.shape[1] - 1):
+        for group in optimizer.param_groups:
+            group["lr"] = rate()
+        window = (offsets[:, start:stop + 1], mask[:, start:stop + 1], text, text_mask)
+        nll, count, lines, state = train_step(args, model, optimizer, window, ranks, state, progress.step)
+        progress.step += 1
+        if nll is None:
+            # a non-finite step would poison the weights and Adam's moments: it was skipped
+            progress.bad_steps += 1
+            tqdm.write(f"step {progress.step - 1}: non-finite loss or gradient, step skipped")
+            if progress.bad_steps >= 10:
+                raise SystemExit(f"10 non-finite steps in a row; stopping. {run.last} holds the last "
+                                 f"weights saved before the failures began (and {run.best} the best "
+                                 "epoch's). Try a lower --learning_rate.")
+            continue
+        progress.bad_steps = 0
+        progress.epoch_nll += nll
+        progress.epoch_points += count
+        progress.window_nll += nll
+        progress.window_points += count
+        progress.points += count
+        clock["points"] += count
+        batch_lines = lines
+        bar.set_postfix(nats_per_point=f"{nll / count:.3f}",
+                        points_per_s=f"{clock['points'] / (time.time() - clock['started']):.0f}")
+    progress.epoch_lines += batch_lines
 
 
 def log_curve(args, run, model, optimizer, curve_data, progress):

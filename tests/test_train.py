@@ -994,3 +994,94 @@ def test_kept_memory_stops_the_page_faults_of_each_step_and_stays_bounded():
     first_step = kept_faults[0] * resource.getpagesize()
     # after the first steps the resident size grows by less than half of what the first step faulted in
     assert kept_resident[-1] - kept_resident[3] < first_step / 2, kept_resident
+
+
+# ----------------------------------------------------------------------------- lines that follow each other
+
+def test_next_lines_follow_the_form_by_its_line_numbers():
+    ids = ["a01-000u-01", "a01-000u-02", "a01-000u-04", "a01-000x-03", "a01-000u-03", "odd", "z-x"]
+    assert dataset.next_lines(ids) == [1, 4, -1, -1, 2, -1, -1]
+
+
+def test_joining_move_puts_the_second_line_a_word_space_right_of_the_first_level_with_it():
+    # first line: 4 characters over x 0..40 (a word space of 10), ending at (30, -5), median height 0;
+    # second line starts 2 right of its own leftmost point and 3 above its median height
+    first = np.diff(np.array([[0, 0], [40, 5], [20, 0], [30, -5]], float), axis=0, prepend=[[0, 0]])
+    second = np.diff(np.array([[0, 0], [-2, -1], [5, -6]], float), axis=0, prepend=[[0, 0]])
+    move = dataset.joining_move(first, second, characters=4)
+    # start: x = 40 + 10 + (0 - (-2)) = 52, y = 0 + (0 - (-1)) ... second's median height is -1
+    np.testing.assert_allclose(move, [52 - 30, 0 + (0 - (-1)) - (-5)])
+
+
+def test_a_joined_pair_is_the_first_line_then_the_second_after_the_joining_move():
+    data = make_handwriting_data(3)
+    offsets, codes = dataset.joined(data, 0, 1)
+    first, second = data.offsets[0], data.offsets[1]
+    assert len(offsets) == len(first) + len(second)
+    np.testing.assert_array_equal(offsets[:len(first)], first)
+    np.testing.assert_array_equal(offsets[len(first) + 1:], second[1:])
+    raw = lambda o: o[:, 1:].astype(np.float64) * data.offset_std + data.offset_mean
+    move = dataset.joining_move(raw(first), raw(second), len(data.texts[0]))
+    np.testing.assert_allclose(raw(offsets[len(first):len(first) + 1])[0], move, rtol=1e-5)
+    assert offsets[len(first), 0] == second[0, 0] and first[-1, 0] == 1  # the pen is up between them
+    assert dataset.decode_text(codes) == f"{data.texts[0].rstrip()} {data.texts[1]}"
+
+
+def test_epoch_items_join_the_asked_fraction_the_same_way_for_the_same_seed():
+    data = make_handwriting_data(400)  # ids line-0 ... line-399: one form, each line has a next but the last
+    assert dataset.epoch_items(data, 0.0, None) == list(range(400))
+    items = dataset.epoch_items(data, 0.5, np.random.default_rng([3, 1]))
+    assert items == dataset.epoch_items(data, 0.5, np.random.default_rng([3, 1]))
+    pairs = [item for item in items if isinstance(item, tuple)]
+    assert all(second == first + 1 for first, second in pairs)
+    assert 0.4 < len(pairs) / 400 < 0.6
+    assert [item if isinstance(item, int) else item[0] for item in items] == list(range(400))  # each line leads once
+    everything = dataset.epoch_items(data, 1.0, np.random.default_rng(0))
+    assert everything[:-1] == [(i, i + 1) for i in range(399)] and everything[-1] == 399
+    assert [dataset.item_length(data, i) for i in everything[:3]] == [len(dataset.joined(data, i, i + 1)[0])
+                                                                       for i in range(3)]
+
+
+def test_a_joined_sequences_nll_is_its_lines_nlls_with_the_state_carried_across():
+    """The loss of a joined pair, computed by hand: the first line's points (the window reading the
+    joined text), then, from the state the first line left, the joining move and the second
+    line's points; the two add up to the pair's NLL in one pass."""
+    data = make_handwriting_data(2)
+    offsets, codes = dataset.joined(data, 0, 1)
+    torch.manual_seed(0)
+    config = ModelConfig(task="synthesis", cell_size=16, num_clusters=3, K=2, alphabet_size=len(dataset.ALPHABET))
+    model = HandwritingModel(config)
+    x, text = torch.from_numpy(offsets)[None], torch.from_numpy(codes)[None]
+    ones = lambda t: torch.ones(t.shape[:2])
+    whole, count = sequence_nll(model, x, ones(x), text, ones(text))
+    split = len(data.offsets[0])
+    first, first_count, state = sequence_nll(model, x[:, :split], ones(x[:, :split]), text, ones(text),
+                                             return_state=True)
+    # the second part's input starts with the first line's last point, which predicts the move
+    second, second_count = sequence_nll(model, x[:, split - 1:], ones(x[:, split - 1:]), text, ones(text), state)
+    assert first_count + second_count == count == len(offsets) - 1
+    assert (first + second).item() == pytest.approx(whole.item(), rel=1e-5)
+    by_steps, state = 0.0, model.initial_state(1)
+    for t in range(len(offsets) - 1):  # point by point, the state carried
+        y, state, _ = model(x[:, t:t + 1], text, ones(text), state=state)
+        by_steps += model_module.point_nll(model_module.split_mixture(y), x[:, t + 1:t + 2]).sum().item()
+    assert by_steps == pytest.approx(whole.item(), rel=1e-5)
+
+
+def test_joined_lines_train_differently_and_resume_exactly_with_tbptt_distortion_and_snapshots(tmp_path, data_dir):
+    common = ["synthesis", "--num_epochs", "2", "--join_lines", "0.5", "--timesteps", "120", "--tbptt", "40",
+              "--distort", "0.1", "--save_every", "3", "--snapshots"]
+    straight, _ = run(data_dir, tmp_path / "a", *common)
+    single, _ = run(data_dir, tmp_path / "p", *[c for c in common if c not in ("--join_lines", "0.5")])
+    assert not same_weights(straight, single)
+    run(data_dir, tmp_path / "b", *common, "--max_steps", "5")
+    args = train.parse_args(["--task", "synthesis", "--data_dir", data_dir, "--model_dir", str(tmp_path / "b"),
+                             "--device", "cpu", "--precision", "fp32", "--resume"])
+    assert args.join_lines == 0.5  # the run's own option
+    resumed, _ = train.train(args)
+    assert same_weights(straight, resumed)
+    kept = os.listdir(tmp_path / "a" / "snapshots")
+    assert kept and set(kept) <= set(os.listdir(tmp_path / "b" / "snapshots"))  # b also kept its stop's
+    for name in kept:
+        a, b = (checkpoint_module.load(tmp_path / run_dir / "snapshots" / name)["model"] for run_dir in "ab")
+        assert same_weights(a, b), name
