@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import arguments
 import checkpoint
 import dataset
 import model as model_module
@@ -196,14 +197,14 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=["rand_write", "synthesis", "both"], default="both")
     add_shared_arguments(p)  # train.py's model, batch and device options, with its defaults
-    p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per implementation")
-    p.add_argument("--compare_loss", type=int, default=0,
+    p.add_argument("--steps", type=arguments.POSITIVE, default=3, help="timed optimizer steps per implementation")
+    p.add_argument("--compare_loss", type=arguments.OPTIONAL, default=0,
                    help="also train each implementation this many steps and compare validation NLL")
-    p.add_argument("--compare_every", type=int, default=40, help="evaluate every N steps of --compare_loss")
-    p.add_argument("--validation_lines", type=int, default=200)
-    p.add_argument("--seeds", type=int, default=1,
+    p.add_argument("--compare_every", type=arguments.POSITIVE, default=40, help="evaluate every N steps of --compare_loss")
+    p.add_argument("--validation_lines", type=arguments.POSITIVE, default=200)
+    p.add_argument("--seeds", type=arguments.POSITIVE, default=1,
                    help="--compare_loss repeats with this many seeds (weights and batch order) and averages")
-    p.add_argument("--first_seed", type=int, default=0,
+    p.add_argument("--first_seed", type=arguments.SEED, default=0,
                    help="seeds run from this one up, so a later invocation can add new seeds to earlier ones")
     p.add_argument("--variants", default="padded,ours",
                    help="comma-separated, for --compare_loss: padded (fp32, padded batches), bucketed "
@@ -212,7 +213,7 @@ def parse_args(argv=None):
     p.add_argument("--parts", action="store_true",
                    help="also time ours part by part (layer 1 and the window, layer 2, the rest) and say "
                         "what the speed-up would be with layer 1 at the roof")
-    p.add_argument("--roof_seconds", type=float, default=2.0, help="how long to time the matrix-product roof")
+    p.add_argument("--roof_seconds", type=arguments.RATE, default=2.0, help="how long to time the matrix-product roof")
     p.add_argument("--sampling", metavar="CHECKPOINT", nargs="?", const="save/synthesis.pt",
                    help="instead of training: time writing one 40-character line, and 10 as a batch")
     p.add_argument("--layer1_against", metavar="MODEL_PY",
@@ -221,7 +222,7 @@ def parse_args(argv=None):
     p.add_argument("--check_precision", metavar="CHECKPOINT",
                    help="instead of timing: compare bf16 with fp32 validation NLL and gradients for a "
                         "checkpoint's weights (its task), or 'fresh' for newly initialised ones")
-    args = p.parse_args(argv)
+    args = arguments.parse(p, argv)
     args.variants = args.variants.split(",")
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:

@@ -64,6 +64,7 @@ from typing import Optional
 
 import numpy as np
 
+import arguments
 import dataset
 import utils
 
@@ -1004,14 +1005,14 @@ def main(argv=None):
                              "official: train = trainset, validation = testset_v")
     parser.add_argument("--strokes", help="pre-processed strokes.npy to use instead of IAM-OnDB")
     parser.add_argument("--sentences", help="the sentences.txt that goes with --strokes")
-    parser.add_argument("--validation_fraction", type=float, default=0.05,
+    parser.add_argument("--validation_fraction", type=arguments.FRACTION, default=0.05,
                         help="with strokes.npy or --ink_dir: the last this fraction of lines is validation")
     parser.add_argument("--ink_dir", help="a folder of your own lines (draw.html's .json, .inkml, IAM-OnDB "
                                           ".xml) to fine-tune on, instead of IAM-OnDB")
     parser.add_argument("--like", metavar="CHECKPOINT",
                         help="make the split with this model's alphabet and normalisation, to train it "
                              "on (e.g. save/synthesis.pt); required with --ink_dir")
-    args = parser.parse_args(argv)
+    args = arguments.parse(parser, argv)
     try:
         preprocess(args.data_dir, args.out_dir, args.split, args.strokes, args.sentences,
                    args.validation_fraction, ink_dir=args.ink_dir, like=args.like)

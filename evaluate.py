@@ -31,6 +31,7 @@ import warnings
 import numpy as np
 import torch
 
+import arguments
 import checkpoint
 import dataset
 import utils
@@ -257,19 +258,20 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", nargs="+", help="one or more checkpoints (.pt) to judge")
     p.add_argument("--data_dir", default="data", help="folder with validation.npz")
-    p.add_argument("--lines", type=int, default=300, help="validation texts written for legibility")
-    p.add_argument("--bias", type=float, default=1.0, help="sampling bias of the written lines")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch_size", type=int, default=50)
+    p.add_argument("--lines", type=arguments.POSITIVE, default=300, help="validation texts written for legibility")
+    p.add_argument("--bias", type=arguments.BIAS, default=1.0, help="sampling bias of the written lines")
+    p.add_argument("--seed", type=arguments.SEED, default=0)
+    p.add_argument("--batch_size", type=arguments.POSITIVE, default=50)
     p.add_argument("--skip_legibility", action="store_true", help="likelihood only")
-    p.add_argument("--fidelity", type=int, metavar="WRITERS",
+    p.add_argument("--fidelity", metavar="WRITERS",
+                   type=arguments.count(2, hint=" (the control primes each writer with the next one's line)"),
                    help="instead: how much priming with one line of each of WRITERS validation writers makes "
                         "the model write like them (style statistics and likelihood, primed against unprimed)")
     p.add_argument("--log", default=os.path.join("save", "judgements.csv"),
                    help="CSV that gets one row per judged checkpoint")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (as train.py; 0: one per core)")
-    p.add_argument("--device", default="cpu")
-    return p.parse_args(argv)
+    p.add_argument("--threads", type=arguments.THREADS, default=1, help="CPU threads (as train.py; 0: one per core)")
+    p.add_argument("--device", type=arguments.DEVICE, default="cpu")
+    return arguments.parse(p, argv)
 
 
 def checkpoints_view(data, saved, path):

@@ -31,7 +31,6 @@ one below the other in one style (Writer.write_page).
     python generate.py --text_file paragraph.txt --width 40 --bias 1 --out samples/page.png
 """
 import argparse
-import math
 import os
 import time
 import warnings
@@ -41,6 +40,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+import arguments
 import checkpoint
 import data_preprocessing
 import dataset
@@ -348,7 +348,7 @@ def parse_args(argv=None):
     p.add_argument("--model_dir", default="save")
     p.add_argument("--text", action="append", help="text to write (synthesis); repeat for several lines")
     p.add_argument("--text_file", help="UTF-8 file with one text per line (synthesis)")
-    p.add_argument("--width", type=int, metavar="N",
+    p.add_argument("--width", type=arguments.POSITIVE, metavar="N",
                    help="write a page: word-wrap the texts, joined, into lines of at most N characters, "
                         "each primed by the last (or all by --prime), and written again if it stalls")
     p.add_argument("--prime", metavar="FILE",
@@ -362,17 +362,22 @@ def parse_args(argv=None):
     p.add_argument("--show_primes", action="store_true",
                    help="draw each prime, as the network reads it, above the lines written in its hand")
     p.add_argument("--data_dir", default="data", help="where --prime_line looks")
-    p.add_argument("--num_samples", type=int, default=4, help="lines to draw (rand_write)")
-    p.add_argument("--length", type=int, default=700, help="points per line (rand_write)")
-    p.add_argument("--bias", type=float, default=0.0,
+    p.add_argument("--num_samples", default=4, help="lines to draw (rand_write)",
+                   type=arguments.count(1, arguments.MAX_SAMPLE_LINES,
+                                        hint="; write more in several runs, each with its own --seed"))
+    p.add_argument("--length", default=700, help="points per line (rand_write)",
+                   type=arguments.count(2, arguments.MAX_SAMPLE_POINTS,
+                                        hint="; real lines have up to about 2,000 (700 is about one line)"))
+    p.add_argument("--bias", type=arguments.BIAS, default=0.0,
                    help="sampling bias b >= 0 (section 5.2): 0 samples the model as trained, larger b "
                         "writes more neatly")
-    p.add_argument("--max_points_per_char", type=int, default=MAX_POINTS_PER_CHAR,
+    p.add_argument("--max_points_per_char", type=arguments.count(1, 5 * MAX_POINTS_PER_CHAR),
+                   default=MAX_POINTS_PER_CHAR,
                    help="stop a synthesis line after this many points per character (+1 character); "
                         "real lines take about 21, at most about 45")
-    p.add_argument("--seed", type=int, help="random seed; the same seed gives the same strokes")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--seed", type=arguments.SEED, help="random seed; the same seed gives the same strokes")
+    p.add_argument("--device", type=arguments.DEVICE, default="cpu")
+    p.add_argument("--threads", type=arguments.THREADS, default=1,
                    help="CPU threads of PyTorch and of NumPy's BLAS (0: one per core). One by default, "
                         "so that writing beside a training run slows neither much; on a quiet machine "
                         "two wrote a 40-character line in 0.34 s against 0.49 s (2-core Xeon)")
@@ -380,7 +385,7 @@ def parse_args(argv=None):
     p.add_argument("--strokes_out", help="also save the pen offsets: .npy or .npz")
     p.add_argument("--attention_out", help="synthesis: also plot the window phi over the characters")
     p.add_argument("--label", action="store_true", help="write each line's text above it (PNG)")
-    args = p.parse_args(argv)
+    args = arguments.parse(p, argv)
 
     synthesis_only = [args.text, args.text_file, args.attention_out, args.width, args.prime, args.prime_line]
     if args.task == "synthesis":
@@ -396,15 +401,7 @@ def parse_args(argv=None):
     if args.width is not None and args.prime_line and len(args.prime_line) > 1:
         p.error("a page (--width) is written in one hand: give one --prime_line")
     if args.width is not None:
-        if args.width < 1:
-            p.error("--width must be >= 1 (characters per line)")
         args.texts = wrap_words(" ".join(args.texts), args.width)
-    if args.task == "rand_write" and (args.num_samples < 1 or args.length < 2):
-        p.error("--num_samples must be >= 1 and --length >= 2")
-    if not (math.isfinite(args.bias) and args.bias >= 0):
-        p.error(f"--bias must be a finite number >= 0 (0: as trained; 0.5-2: neater), not {args.bias}")
-    if args.max_points_per_char < 1:
-        p.error("--max_points_per_char must be >= 1")
     args.out = args.out or os.path.join("samples", f"{args.task}.png")
     for flag, path in [("--out", args.out), ("--attention_out", args.attention_out)]:
         if path and not path.lower().endswith(DRAWING_FORMATS):

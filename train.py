@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+import arguments
 import checkpoint
 import dataset
 import utils
@@ -43,18 +44,18 @@ from model import HandwritingModel, ModelConfig, autocast, sequence_nll, uses_bf
 
 def add_shared_arguments(p):
     """The options bench.py shares with training: model size, batches, and where it runs."""
-    p.add_argument("--cell_size", type=int, default=400, help="LSTM units per layer")
-    p.add_argument("--num_clusters", type=int, default=20, help="Gaussians in the output mixture")
-    p.add_argument("--K", type=int, default=10, help="Gaussians in the attention window")
-    p.add_argument("--batch_size", type=int, default=50)
-    p.add_argument("--timesteps", type=int, default=800,
+    p.add_argument("--cell_size", type=arguments.POSITIVE, default=400, help="LSTM units per layer")
+    p.add_argument("--num_clusters", type=arguments.POSITIVE, default=20, help="Gaussians in the output mixture")
+    p.add_argument("--K", type=arguments.POSITIVE, default=10, help="Gaussians in the attention window")
+    p.add_argument("--batch_size", type=arguments.POSITIVE, default=50)
+    p.add_argument("--timesteps", type=arguments.POSITIVE, default=800,
                    help="training sequence length; longer lines are truncated to their first "
                         "TIMESTEPS predicted points (validation always uses whole lines)")
-    p.add_argument("--bucket_pool", type=int, default=50,
+    p.add_argument("--bucket_pool", type=arguments.POSITIVE, default=50,
                    help="batches are made of similar-length lines drawn from pools of this many "
                         "batches (less padding, faster); 1 gives plain random batches")
     p.add_argument("--data_dir", default="data", help="folder with train.npz and validation.npz")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=arguments.DEVICE, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="bf16 autocast for the matrix products (auto: where the hardware supports it); "
                         "the loss, and the synthesis window's state, are always fp32")
@@ -63,7 +64,7 @@ def add_shared_arguments(p):
                         "the window, and the nn.LSTM layers where they are stepped (model.SteppedLSTM: bf16 on "
                         "AMX CPUs) "
                         "(fuses their small operations; costs one to two minutes of compiling at the start)")
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--threads", type=arguments.THREADS, default=0,
                    help="CPU threads (0: one per core). Use 1 when anything else runs on the machine: "
                         "waiting threads slow a shared 2-core CPU many times over")
     p.add_argument("--release_memory", action="store_true",
@@ -75,26 +76,26 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=["rand_write", "synthesis"], default="rand_write")
     add_shared_arguments(p)
-    p.add_argument("--num_epochs", type=int, default=50)
-    p.add_argument("--learning_rate", type=float, default=8e-4)
-    p.add_argument("--decay_rate", type=float, default=0.99, help="learning-rate factor per epoch")
+    p.add_argument("--num_epochs", type=arguments.OPTIONAL, default=50)
+    p.add_argument("--learning_rate", type=arguments.RATE, default=8e-4)
+    p.add_argument("--decay_rate", type=arguments.number(0, 1, low_open=True), default=0.99, help="learning-rate factor per epoch")
     p.add_argument("--decay_per_step", action="store_true",
                    help="apply --decay_rate smoothly, a fraction of it after every step, instead of "
                         "all of it at each epoch's start")
     p.add_argument("--model_dir", default="save")
-    p.add_argument("--grad_clip", type=float, default=10.0,
+    p.add_argument("--grad_clip", type=arguments.STRENGTH, default=10.0,
                    help="clip the global gradient norm of the per-point loss to this (0: off)")
-    p.add_argument("--weight_noise", type=float, default=0.0, metavar="STD",
+    p.add_argument("--weight_noise", type=arguments.STRENGTH, default=0.0, metavar="STD",
                    help="regularise with Gaussian weight noise: each step's gradient is taken at "
                         "the weights plus a fresh N(0, STD^2) draw and applied to the clean weights "
                         "(Graves' recipe: retrain a converged network with it; 0: off). The log's "
                         "training NLL is then the noisy weights'; validation uses the clean ones")
-    p.add_argument("--distort", type=float, default=0.0, metavar="STRENGTH",
+    p.add_argument("--distort", type=arguments.STRENGTH, default=0.0, metavar="STRENGTH",
                    help="regularise by training on distorted lines: each line of each batch stretched "
                         "in width and height by e^a and e^b and slanted by s, with a, b, s ~ "
                         "N(0, STRENGTH^2) drawn afresh every time (dataset.distorted; 0: off, "
                         "0.1: about 10%% and 6 degrees)")
-    p.add_argument("--join_lines", type=float, default=0.0, metavar="FRACTION",
+    p.add_argument("--join_lines", type=arguments.number(0, 1), default=0.0, metavar="FRACTION",
                    help="synthesis: train on this fraction of lines followed by their writer's next "
                         "line, joined as generation joins a prime and its text (dataset.joined), so "
                         "that priming carries the hand; raise --timesteps to hold both (0: single lines)")
@@ -105,38 +106,34 @@ def parse_args(argv=None):
                    help="start from this checkpoint's weights (shipped, exported or a training one) "
                         "with a fresh optimizer and a learning-rate warm-up; epochs count on from "
                         "the checkpoint's, so --num_epochs is the total")
-    p.add_argument("--warmup_steps", type=int, default=None,
+    p.add_argument("--warmup_steps", type=arguments.OPTIONAL, default=None,
                    help="raise the learning rate linearly from 0 over this many steps "
                         "(default: 100 with --init_from, else 0)")
-    p.add_argument("--tbptt", type=int, default=0, metavar="N",
+    p.add_argument("--tbptt", type=arguments.OPTIONAL, default=0, metavar="N",
                    help="truncated backpropagation through time: cut each batch into the fewest near-equal "
                         "windows of at most N predicted points, one optimizer step each, the state "
                         "carried from window to window (0: one step per batch, through all of it)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save_every", type=int, default=100,
+    p.add_argument("--seed", type=arguments.SEED, default=0)
+    p.add_argument("--save_every", type=arguments.OPTIONAL, default=100,
                    help="also checkpoint every N steps (0: only at the end of each epoch)")
     p.add_argument("--snapshots", action="store_true",
                    help="also keep the weights of every --save_every checkpoint, as "
                         "MODEL_DIR/snapshots/<task>_step<N>.pt (exported: weights only), to average "
                         "the last of them with `checkpoint.py average`")
-    p.add_argument("--max_steps", type=int, default=0,
+    p.add_argument("--max_steps", type=arguments.OPTIONAL, default=0,
                    help="stop after N optimizer steps (with --tbptt, after the batch that reaches N; 0: no limit)")
-    p.add_argument("--max_cpu_hours", type=float, default=0,
+    p.add_argument("--max_cpu_hours", type=arguments.STRENGTH, default=0,
                    help="stop once the run's lineage has used this much CPU time, all processes "
                         "together (checked where they meet: every --save_every or --curve_every "
                         "steps and at epoch ends; 0: no limit)")
-    p.add_argument("--curve_every", type=int, default=0,
+    p.add_argument("--curve_every", type=arguments.OPTIONAL, default=0,
                    help="every N steps, log the validation NLL of --curve_lines lines to "
                         "<task>_curve.csv (0: off); its CPU time is not counted as training's")
-    p.add_argument("--curve_lines", type=int, default=200,
+    p.add_argument("--curve_lines", type=arguments.POSITIVE, default=200,
                    help="validation lines for --curve_every (the same ones in every run)")
-    args = p.parse_args(argv)
+    args = arguments.parse(p, argv)
     if args.resume and args.init_from:
         p.error("--resume continues MODEL_DIR's run; --init_from starts a new one: choose one")
-    for name in ("save_every", "max_steps", "num_epochs", "max_cpu_hours", "curve_every", "tbptt", "weight_noise",
-                 "distort"):
-        if getattr(args, name) < 0:
-            p.error(f"--{name} must be 0 or more, not {getattr(args, name)}")
     if args.resume:
         take_run_options(args, given_options(p, argv))
     return args
