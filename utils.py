@@ -46,6 +46,15 @@ def atomic_path(path):
             os.remove(tmp)
 
 
+def same_file(a, b):
+    """Whether paths `a` and `b` name one file: the same file on disk where both exist (hard links,
+    symlinks, ./x and x alike), else the same absolute path once links are resolved."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
 def picture_format(path):
     """The picture format that `path`'s extension names (png, svg, pdf, jpg ...), checked before any
     drawing: without one, savefig would write a file of another name than the one renamed into place."""
