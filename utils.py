@@ -8,6 +8,7 @@ Figure directly, not pyplot: they neither need nor change the global backend.
 import os
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -131,7 +132,10 @@ def offsets_to_strokes(offsets):
     return [s for s in np.split(points, ends) if len(s)]
 
 
-def layout_lines(lines, gap=0.3):
+LINE_GAP = 0.3  # layout_lines: the space between stacked lines, in heights of the tallest (web/ shares it)
+
+
+def layout_lines(lines, gap=LINE_GAP):
     """Strokes of several lines stacked top to bottom, all in one coordinate frame (y up).
 
     Each line is shifted so that its left edge is at x = 0 and its top lies `gap` line-heights
@@ -236,6 +240,69 @@ def write_svg(lines, path, display_width=1000, stroke_width=None):
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(svg)
+
+
+@dataclass
+class Plotter:
+    """How write_gcode drives a pen plotter (GRBL and its kind): the page in millimetres, the feed
+    rate, and the commands that lift and lower the pen, which differ from machine to machine (a Z
+    axis, a servo on M3 S..): set them for yours. The page in the browser shares these defaults."""
+    page_width: float = 210.0   # mm (A4 portrait)
+    page_height: float = 297.0  # mm
+    margin: float = 15.0        # mm of blank paper on every side
+    line_height: float = 12.0   # mm of the page each written line takes, its gap included
+    feed_rate: float = 3000.0   # mm per minute, pen down
+    pen_up: str = "G0 Z5"
+    pen_down: str = "G0 Z0"
+
+    def __post_init__(self):
+        numbers = (self.page_width, self.page_height, self.margin, self.line_height, self.feed_rate)
+        if not (all(np.isfinite(numbers)) and self.margin >= 0 and self.line_height > 0 and self.feed_rate > 0
+                and min(self.page_width, self.page_height) > 2 * self.margin):
+            raise ValueError(f"a plotter needs a page larger than twice its margin (>= 0), a positive line height "
+                             f"and a positive feed rate, not {self}")
+
+
+def plotter_strokes(lines, plotter):
+    """The strokes of `lines` as write_svg lays them out (layout_lines), in millimetres on the
+    plotter's page, y up from its bottom edge: the writing's top left corner at the margins, each
+    line taking line_height, all shrunk where the page is too small. Returns (strokes, mm per pen unit)."""
+    strokes = [s for line in layout_lines(lines) for s in line]
+    if not strokes:
+        return [], 1.0
+    points = np.concatenate(strokes)
+    low, high = points.min(0), points.max(0)
+    width, height = np.maximum(high - low, 1e-9)
+    scale = min(plotter.line_height * len(lines) / height, (plotter.page_width - 2 * plotter.margin) / width,
+                (plotter.page_height - 2 * plotter.margin) / height)
+    corner = np.array([plotter.margin, plotter.page_height - plotter.margin])
+    return [corner + (s - [low[0], high[1]]) * scale for s in strokes], scale
+
+
+def gcode(lines, plotter=None):
+    """Lines of offsets (pen units) as G-code for a pen plotter: millimetres, absolute coordinates;
+    for each stroke a pen-up move (G0) to its first point, pen down, a G1 move to each further
+    point, pen up; at the end, back to the origin. One centre line per stroke, as in the SVG."""
+    plotter = plotter or Plotter()
+    strokes, scale = plotter_strokes(lines, plotter)
+    at = lambda point: f"X{point[0]:.3f} Y{point[1]:.3f}"
+    out = [f"; {len(lines)} line(s) of handwriting, {len(strokes)} strokes, {scale:.6f} mm per pen unit, "
+           f"on a {plotter.page_width:g} x {plotter.page_height:g} mm page",
+           "G21 ; millimetres", "G90 ; absolute coordinates", plotter.pen_up]
+    for stroke in strokes:
+        out += [f"G0 {at(stroke[0])}", plotter.pen_down]
+        out += [f"G1 {at(point)}" + (f" F{plotter.feed_rate:g}" if i == 0 else "") for i, point in enumerate(stroke[1:])]
+        out.append(plotter.pen_up)
+    out.append("G0 X0 Y0")
+    return "\n".join(out) + "\n"
+
+
+def write_gcode(lines, path, plotter=None):
+    """gcode(lines, plotter) to `path`, atomically."""
+    text = gcode(lines, plotter)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
 
 
 def save_drawing(lines, path, titles=None):
