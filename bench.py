@@ -40,7 +40,7 @@ import checkpoint
 import dataset
 import model as model_module
 from dataset import collate, make_batches
-from evaluate import dataset_nll
+from dataset import dataset_nll
 from model import (GenerationStep, HandwritingModel, ModelConfig, State, autocast, pen_projection, point_nll,
                    sample_mixture, sequence_nll, split_mixture, uses_bf16, window_weights)
 from train import add_shared_arguments, set_up_cpu

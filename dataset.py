@@ -1,8 +1,11 @@
-"""The processed data as the model reads it: the alphabet, the .npz split format, and batches.
+"""The processed data as the model reads it: the alphabet, the normalisation of pen offsets, the
+.npz split format, batches, and the likelihood of a split.
 
-data_preprocessing.py writes splits in this format; train.py, bench.py and evaluate.py read them
-and cut them into padded batches here; generation encodes its texts with the same alphabet and
-the same padding. One home for all of it, so that the format has one definition.
+data_preprocessing.py writes splits in this format; train.py, bench.py and evaluate.py read them,
+cut them into padded batches and take their NLL here (dataset_nll: training validates with the
+same function the judge uses); generation encodes its texts with the same alphabet and padding,
+and turns the network's offsets into pen units with the same Normalisation. One home for all of
+it, so that the format has one definition.
 """
 import os
 import unicodedata
@@ -12,6 +15,7 @@ import numpy as np
 import torch
 
 import utils
+from model import sequence_nll
 
 # Every character of the IAM-OnDB CSR transcriptions: letters (Q, X, Z included),
 # digits and the punctuation the writers used. Code i is ALPHABET[i].
@@ -62,6 +66,42 @@ def decode_text(codes, alphabet=ALPHABET):
     return "".join(alphabet[int(c)] for c in codes)
 
 
+class Normalisation:
+    """How the network sees pen offsets: dx and dy as (value - mean) / std, with the mean and
+    standard deviation (pen units, float64 (2,)) of the training split's rows; end_of_stroke as
+    it is. The data carries one (HandwritingData.normalisation, from the .npz's offset_mean and
+    offset_std) and so does every checkpoint (the same two keys: Normalisation.of): every
+    conversion between normalised offsets and pen units goes through it."""
+
+    def __init__(self, mean, std):
+        self.mean = np.array(mean, dtype=np.float64).reshape(2)
+        self.std = np.array(std, dtype=np.float64).reshape(2)
+
+    @classmethod
+    def of(cls, saved):
+        """The normalisation a checkpoint (the dict checkpoint.load returns) was trained with."""
+        return cls(saved["offset_mean"], saved["offset_std"])
+
+    def to_pen_units(self, offsets):
+        """Normalised offsets (..., 3) -> pen units: dx, dy = value * std + mean (a new float64 array)."""
+        out = np.array(offsets, dtype=np.float64)
+        out[..., 1:] = out[..., 1:] * self.std + self.mean
+        return out
+
+    def from_pen_units(self, offsets):
+        """Pen units (..., 3) -> normalised offsets, the inverse of to_pen_units (a new float64 array)."""
+        out = np.array(offsets, dtype=np.float64)
+        out[..., 1:] = (out[..., 1:] - self.mean) / self.std
+        return out
+
+    def __eq__(self, other):
+        return (isinstance(other, Normalisation) and np.array_equal(self.mean, other.mean)
+                and np.array_equal(self.std, other.std))
+
+    def __repr__(self):
+        return f"Normalisation(mean={self.mean.tolist()}, std={self.std.tolist()})"
+
+
 @dataclass
 class HandwritingData:
     """One split of processed handwriting: a list of lines, each offsets + text.
@@ -82,6 +122,11 @@ class HandwritingData:
     def __len__(self):
         return len(self.offsets)
 
+    @property
+    def normalisation(self):
+        """offset_mean and offset_std as one Normalisation, the way to and from pen units."""
+        return Normalisation(self.offset_mean, self.offset_std)
+
 
 def subset_indices(count, lines, seed=0):
     """The same `lines` of `count` indices every time (drawn with numpy `seed`), in ascending order."""
@@ -95,16 +140,15 @@ def subset(data, lines, seed=0):
                    texts=[data.texts[i] for i in chosen], line_ids=[data.line_ids[i] for i in chosen])
 
 
-def renormalised(data, offset_mean, offset_std):
-    """The same lines normalised with other statistics (a checkpoint's); their raw offsets are unchanged."""
-    mean, std = np.asarray(offset_mean, np.float64), np.asarray(offset_std, np.float64)
-    if np.array_equal(mean, data.offset_mean) and np.array_equal(std, data.offset_std):
+def renormalised(data, normalisation):
+    """The same lines normalised another way (a checkpoint's Normalisation); their ink in pen
+    units is unchanged."""
+    if normalisation == data.normalisation:
         return data
-    offsets = []
-    for line in data.offsets:
-        raw = line[:, 1:].astype(np.float64) * data.offset_std + data.offset_mean
-        offsets.append(np.column_stack([line[:, :1], (raw - mean) / std]).astype(np.float32))
-    return replace(data, offsets=offsets, offset_mean=mean.astype(np.float32), offset_std=std.astype(np.float32))
+    offsets = [normalisation.from_pen_units(data.normalisation.to_pen_units(line)).astype(np.float32)
+               for line in data.offsets]
+    return replace(data, offsets=offsets, offset_mean=normalisation.mean.astype(np.float32),
+                   offset_std=normalisation.std.astype(np.float32))
 
 
 def save_data(path, data):
@@ -182,10 +226,9 @@ def distorted(offsets, data, rng, strength):
     by e^a, taller or shorter by e^b, slanted by s (the shear of x by y); the pen lifts where it did.
     offsets are normalised with data's statistics, and so is the result (float32)."""
     a, b, s = rng.normal(0.0, strength, 3)
-    raw = offsets[:, 1:].astype(np.float64) * data.offset_std + data.offset_mean
-    dx, dy = np.exp(a) * raw[:, 0] + s * raw[:, 1], np.exp(b) * raw[:, 1]
-    moved = (np.column_stack([dx, dy]) - data.offset_mean) / data.offset_std
-    return np.column_stack([offsets[:, :1], moved]).astype(np.float32)
+    raw = data.normalisation.to_pen_units(offsets)
+    raw[:, 1], raw[:, 2] = np.exp(a) * raw[:, 1] + s * raw[:, 2], np.exp(b) * raw[:, 2]
+    return data.normalisation.from_pen_units(raw).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- lines that follow each other
@@ -226,11 +269,10 @@ def joined(data, first, second):
     sequence, joined the way generation joins a prime and its text: (offsets (T1 + T2, 3), text
     codes). The second line's start row (its zero offset) becomes the joining move (joining_move):
     the pen, lifted at the first line's end, goes to where the second line starts."""
-    mean, std = np.asarray(data.offset_mean, np.float64), np.asarray(data.offset_std, np.float64)
-    a, b = data.offsets[first], data.offsets[second]
-    move = joining_move(a[:, 1:] * std + mean, b[:, 1:] * std + mean, len(data.texts[first].rstrip()))
+    a, b, pen = data.offsets[first], data.offsets[second], data.normalisation
+    move = joining_move(pen.to_pen_units(a)[:, 1:], pen.to_pen_units(b)[:, 1:], len(data.texts[first].rstrip()))
     b = b.copy()
-    b[0, 1:] = (move - mean) / std
+    b[0, 1:] = pen.from_pen_units([0.0, *move])[1:]
     text = joined_text(data.texts[first], data.texts[second])
     return np.concatenate([a, b]).astype(np.float32), encode_text(text, data.alphabet)
 
@@ -284,3 +326,21 @@ def windows(predictions, most):
     count = max(1, -(-predictions // most))
     bounds = [i * predictions // count for i in range(count + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
+
+
+# ----------------------------------------------------------------------------- likelihood
+
+@torch.no_grad()
+def dataset_nll(model, data, batch_size, device="cpu"):
+    """NLL of whole lines, in eval mode: (nats per line, nats per point). In fp32 unless the
+    caller opens an autocast context (training evaluates outside its own). Training validates
+    with it and evaluate.py judges with it: the same figure for both."""
+    was_training = model.training
+    model.eval()
+    total, points = 0.0, 0.0
+    for indices in make_batches([len(x) for x in data.offsets], batch_size):
+        offsets, mask, text, text_mask = collate(data, indices, device=device)
+        nll, count = sequence_nll(model, offsets, mask, text, text_mask)
+        total, points = total + nll.item(), points + count.item()
+    model.train(was_training)
+    return total / len(data), total / points

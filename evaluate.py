@@ -35,28 +35,12 @@ import arguments
 import checkpoint
 import dataset
 import utils
-from model import MAX_POINTS_PER_CHAR, point_nll, sequence_nll, split_mixture
+from generate import Prime, Writer
+from model import MAX_POINTS_PER_CHAR, point_nll, split_mixture
 
 PIXELS_PER_UNIT = 0.15  # pen units to pixels: a median IAM-OnDB line (~600 units tall) -> ~90 px
 PEN_WIDTH = 3           # pixels
 MARGIN = 20             # pixels of white around the ink
-
-
-# ----------------------------------------------------------------------------- likelihood
-
-@torch.no_grad()
-def dataset_nll(model, data, batch_size, device="cpu"):
-    """NLL of whole lines, in eval mode: (nats per line, nats per point). In fp32 unless the
-    caller opens an autocast context (training evaluates outside its own)."""
-    was_training = model.training
-    model.eval()
-    total, points = 0.0, 0.0
-    for indices in dataset.make_batches([len(x) for x in data.offsets], batch_size):
-        offsets, mask, text, text_mask = dataset.collate(data, indices, device=device)
-        nll, count = sequence_nll(model, offsets, mask, text, text_mask)
-        total, points = total + nll.item(), points + count.item()
-    model.train(was_training)
-    return total / len(data), total / points
 
 
 # ----------------------------------------------------------------------------- legibility
@@ -140,8 +124,7 @@ def legibility(writer, data, lines, bias, seed, batch_size=50, read=read_with_te
         writing = writer.write(texts[start:start + batch_size], bias=bias, seed=seed + start // batch_size, retries=0)
         generated += writing.lines
         stalled += sum(writing.capped)
-    human = [data.offsets[i].astype(np.float64) * np.r_[1.0, data.offset_std] + np.r_[0.0, data.offset_mean]
-             for i in subset]
+    human = [data.normalisation.to_pen_units(data.offsets[i]) for i in subset]
     with tempfile.TemporaryDirectory(dir=workdir) as folder:
         paths = {}
         for kind, lines_of_kind in [("generated", generated), ("human", human)]:
@@ -201,8 +184,6 @@ def fidelity(writer, data, writers=20, lines_per_writer=3, bias=1.0, seed=0):
     after a line of the next chosen writer instead (the control: what priming does without the hand).
     Returns rows of (statistic, mean |unprimed - real|, mean |primed - real|) over the writers, the
     real value being the mean over the writer's held-out lines."""
-    from generate import Prime
-
     forms = {}
     for i, line_id in enumerate(data.line_ids):
         forms.setdefault(line_id.rsplit("-", 1)[0], []).append(i)
@@ -214,7 +195,7 @@ def fidelity(writer, data, writers=20, lines_per_writer=3, bias=1.0, seed=0):
         other_prime = forms[chosen[(number + 1) % len(chosen)]][0]  # the next writer's line 1: the control
         held_out = held_out[:lines_per_writer]
         texts = [data.texts[i] for i in held_out]
-        to_pen = lambda o: o.astype(np.float64) * np.r_[1.0, data.offset_std] + np.r_[0.0, data.offset_mean]
+        to_pen = data.normalisation.to_pen_units
         real = {k: np.mean([style(to_pen(data.offsets[i]), data.texts[i])[k] for i in held_out])
                 for k in style(to_pen(data.offsets[held_out[0]]), texts[0])}
         prime = Prime(data.texts[prime_index], to_pen(data.offsets[prime_index]))
@@ -274,35 +255,31 @@ def parse_args(argv=None):
     return arguments.parse(p, argv)
 
 
-def checkpoints_view(data, saved, path):
-    """The validation lines normalised as checkpoint `saved` expects (data made without --like
-    carries its own statistics): the same raw ink for every checkpoint judged."""
-    seen = dataset.renormalised(data, saved["offset_mean"], saved["offset_std"])
+def checkpoints_view(data, normalisation, path):
+    """The validation lines normalised as the checkpoint at `path` expects (its Normalisation; data
+    made without --like carries its own statistics): the same ink for every checkpoint judged."""
+    seen = dataset.renormalised(data, normalisation)
     if seen is not data:
         print(f"{path}: the validation lines are renormalised with the checkpoint's statistics "
-              f"(mean {np.round(np.asarray(saved['offset_mean'], np.float64), 3).tolist()}, "
-              f"std {np.round(np.asarray(saved['offset_std'], np.float64), 3).tolist()})")
+              f"(mean {np.round(normalisation.mean, 3).tolist()}, std {np.round(normalisation.std, 3).tolist()})")
     return seen
 
 
 def judge(path, data, args):
     """One row of figures for one checkpoint."""
-    from generate import Writer  # generation is only needed here
-
     try:
         saved = checkpoint.load(path, args.device)
     except (FileNotFoundError, checkpoint.CheckpointError) as e:
         raise SystemExit(str(e))
     if saved["alphabet"] != data.alphabet:
         raise SystemExit(f"{path} was trained with another alphabet than {args.data_dir}/validation.npz")
-    data = checkpoints_view(data, saved, path)
+    data = checkpoints_view(data, dataset.Normalisation.of(saved), path)
     history = saved.get("history") or [{}]
     row = {"checkpoint": path, "task": saved["config"]["task"], "epoch": saved.get("epoch", ""),
            "step": saved.get("step", ""), "cpu_hours": history[-1].get("cpu_hours", "")}
-    writer = Writer(checkpoint.build_model(saved, args.device), saved["alphabet"], saved["offset_mean"],
-                    saved["offset_std"], path)
+    writer = Writer.from_checkpoint(saved, path, args.device)
     started = time.time()
-    row["nats_per_line"], row["nats_per_point"] = dataset_nll(writer.model, data, args.batch_size, args.device)
+    row["nats_per_line"], row["nats_per_point"] = dataset.dataset_nll(writer.model, data, args.batch_size, args.device)
     row["validation_lines"] = len(data)
     print(f"{path}: validation NLL {row['nats_per_line']:.1f} nats/line, {row['nats_per_point']:.4f} "
           f"nats/point ({len(data)} lines, {time.time() - started:.0f} s)")
@@ -344,12 +321,11 @@ def main(argv=None):
     utils.set_threads(args.threads)
     data = dataset.load_data(os.path.join(args.data_dir, "validation.npz"))
     if args.fidelity:
-        from generate import Writer
         for path in args.checkpoint:
             print(f"{path}: priming fidelity over {args.fidelity} validation writers, bias {args.bias}, seed {args.seed}")
             print("| statistic | unprimed, error | primed, error |\n| --- | --- | --- |")
             writer = Writer.load(path, args.device)
-            view = checkpoints_view(data, {"offset_mean": writer.offset_mean, "offset_std": writer.offset_std}, path)
+            view = checkpoints_view(data, writer.normalisation, path)
             for name, unprimed, primed in fidelity(writer, view, args.fidelity, bias=args.bias, seed=args.seed):
                 print(f"| {name} | {unprimed:.3f} | {primed:.3f} |")
         return []

@@ -38,7 +38,7 @@ import arguments
 import checkpoint
 import dataset
 import utils
-from evaluate import dataset_nll
+from dataset import dataset_nll
 from model import HandwritingModel, ModelConfig, autocast, sequence_nll, uses_bf16
 
 

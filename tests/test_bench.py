@@ -145,7 +145,7 @@ def test_check_precision_reports_the_fp32_figures_and_a_small_bf16_change(tmp_pa
     import bench
     import checkpoint
     import dataset
-    from evaluate import dataset_nll as evaluate
+    from dataset import dataset_nll as evaluate
     from fixtures import train_tiny, write_data_dir
     from model import HandwritingModel, ModelConfig
 

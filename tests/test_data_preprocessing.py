@@ -16,28 +16,12 @@ import pytest
 
 import data_preprocessing as dp
 import dataset
-import utils
+from fixtures import (LINE_A, LINE_B, LINE_C, LINE_D, LINE_E, NORMAL_TIMES, OFFSETS_A, OFFSETS_B, OFFSETS_C,
+                      OFFSETS_D, OFFSETS_E, stroke_xml)
 
 # ----------------------------------------------------------------------------- fixture helpers
-
-
-def stroke_xml(strokes, base=1000.0, attribute_order=("x", "y", "time")):
-    """An IAM-OnDB stroke file; strokes are lists of (x, y, seconds after `base`)."""
-    out = ['<?xml version="1.0" encoding="ISO-8859-1"?>', "<WhiteboardCaptureSession>",
-           "  <WhiteboardDescription>", '    <SensorLocation corner="top_left"/>',
-           '    <DiagonallyOppositeCoords x="6512" y="1376"/>',
-           '    <VerticallyOppositeCoords x="966" y="1376"/>',
-           '    <HorizontallyOppositeCoords x="6512" y="787"/>', "  </WhiteboardDescription>",
-           "  <StrokeSet>"]
-    for stroke in strokes:
-        out.append(f'    <Stroke colour="black" start_time="{base + stroke[0][2]:.2f}" '
-                   f'end_time="{base + stroke[-1][2]:.2f}">')
-        for x, y, t in stroke:
-            values = {"x": str(x), "y": str(y), "time": f"{base + t:.2f}"}
-            out.append("      <Point " + " ".join(f'{k}="{values[k]}"' for k in attribute_order) + "/>")
-        out.append("    </Stroke>")
-    out += ["  </StrokeSet>", "</WhiteboardCaptureSession>"]
-    return "\n".join(out) + "\n"
+#
+# stroke_xml and the lines A to E, with their offsets worked out by hand, are in fixtures.py.
 
 
 def ascii_text(csr_lines, newline="\n"):
@@ -45,28 +29,6 @@ def ascii_text(csr_lines, newline="\n"):
     ocr = " ".join(csr_lines)
     return newline.join(["OCR:", "", ocr, "", "CSR:", "", *csr_lines, ""])
 
-
-NORMAL_TIMES = [0.00, 0.02, 0.03, 0.05, 0.06, 0.08, 0.09, 0.11, 0.12, 0.14]  # ~15 ms apart
-
-# Line A: two strokes; offsets by hand (y flipped: -(y[t] - y[t-1])).
-LINE_A = [[(100, 500, 0.00), (103, 496, 0.02), (107, 490, 0.03), (112, 488, 0.05), (118, 489, 0.06)],
-          [(160, 520, 0.50), (160, 510, 0.52), (161, 500, 0.53), (163, 493, 0.55), (166, 490, 0.56)]]
-OFFSETS_A = [[0, 0, 0], [0, 3, 4], [0, 4, 6], [0, 5, 2], [1, 6, -1],
-             [0, 42, -31], [0, 0, 10], [0, 1, 10], [0, 2, 7], [1, 3, 3]]
-# Line B: one stroke, x +10 and y -2 (upwards on the board) per reading.
-LINE_B = [[(200 + 10 * i, 300 - 2 * i, t) for i, t in enumerate(NORMAL_TIMES)]]
-OFFSETS_B = [[0, 0, 0]] + [[0, 10, 2]] * 8 + [[1, 10, 2]]
-# Line C: a lost reading (0.03 s gap: one point at x=20 goes in), a glitch that jumps 400 units
-# away and 390 back (both steps removed), and a 0.5 s pause (no interpolation).
-LINE_C = [[(0, 0, 0.00), (10, 0, 0.02), (30, 0, 0.05), (40, 0, 0.06), (440, 0, 0.08), (450, 0, 0.09),
-           (60, 0, 0.11), (70, 0, 0.12), (80, 0, 0.14), (90, 0, 0.15), (100, 0, 0.65), (110, 0, 0.66)]]
-OFFSETS_C = [[0, 0, 0]] + [[0, 10, 0]] * 9 + [[1, 10, 0]]
-# Line D: nine readings, then a single-point stroke (a dot) 10 left and 20 up.
-LINE_D = [[(500 + 5 * i, 100 - 5 * i, t) for i, t in enumerate(NORMAL_TIMES[:9])], [(530, 40, 1.00)]]
-OFFSETS_D = [[0, 0, 0]] + [[0, 5, 5]] * 7 + [[1, 5, 5], [1, -10, 20]]
-# Line E (validation): x +7, y +3 (downwards) per reading.
-LINE_E = [[(7 * i, 3 * i, t) for i, t in enumerate(NORMAL_TIMES)]]
-OFFSETS_E = [[0, 0, 0]] + [[0, 7, -3]] * 8 + [[1, 7, -3]]
 
 TRAIN_IDS = ["a01-000u-01", "a01-000u-02", "b02-003-01", "c03-000-01"]
 TRAIN_TEXTS = ["Mr. Foot's line,", "it isn't here.", '"Abolish Lords".', "café (2)"]
@@ -139,91 +101,7 @@ def output_files(out_dir):
     return sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
 
 
-# ----------------------------------------------------------------------------- offsets and cleaning
-
-
-def test_points_to_offsets_by_hand():
-    strokes = [np.array(s, dtype=float) for s in LINE_A]
-    np.testing.assert_array_equal(dp.points_to_offsets(strokes), np.array(OFFSETS_A, dtype=np.float32))
-
-
-def test_interpolate_missing_reading():
-    stroke = np.array([[0, 0, 0.00], [10, 20, 0.02], [40, -10, 0.05],  # 0.03 s: 1 lost reading
-                       [40, -10, 0.06], [100, 0, 0.12],                 # 0.06 s: 3 lost readings
-                       [0, 0, 5.00]])                                   # 4.88 s: a pause, no fill
-    expected = [[0, 0, 0.00], [10, 20, 0.02], [25, 5, 0.035], [40, -10, 0.05], [40, -10, 0.06],
-                [55, -7.5, 0.075], [70, -5, 0.09], [85, -2.5, 0.105], [100, 0, 0.12], [0, 0, 5.00]]
-    np.testing.assert_allclose(dp.interpolate_missing(stroke), expected, atol=1e-9)
-
-
-def test_interpolate_never_across_strokes():
-    # [x, y, time, stroke number]: the 0.03 s gap between strokes 0 and 1 is a pen lift.
-    points = np.array([[0, 0, 0.00, 0], [10, 0, 0.03, 1], [40, 0, 0.06, 1]])
-    expected = [[0, 0, 0.00, 0], [10, 0, 0.03, 1], [25, 0, 0.045, 1], [40, 0, 0.06, 1]]
-    np.testing.assert_allclose(dp.interpolate_missing(points), expected, atol=1e-9)
-
-
-def test_remove_implausible_steps():
-    offsets = np.array([[0, 0, 0], [0, 10, 0], [0, 400, 0], [1, 5, 5],  # 400: glitch; it ended the stroke
-                        [0, 1000, -800],                                # pen-up jump: always kept
-                        [0, 0, 301], [1, 3, 0]], dtype=np.float32)       # 301 > 300: removed
-    cleaned, removed = dp.remove_implausible_steps(offsets)
-    expected = [[0, 0, 0], [0, 10, 0], [1, 5, 5], [0, 1000, -800], [1, 3, 0]]
-    assert removed == 2
-    np.testing.assert_array_equal(cleaned, np.array(expected, dtype=np.float32))
-    # The eos of a removed last row moves back to the row before.
-    cleaned, removed = dp.remove_implausible_steps(np.array([[0, 0, 0], [0, 3, 4], [1, 0, 500]], np.float32))
-    np.testing.assert_array_equal(cleaned, [[0, 0, 0], [1, 3, 4]])
-
-
-def test_remove_repeated_points():
-    offsets = np.array([[0, 0, 0], [0, 3, 4], [0, 0, 0], [0, 0, 0], [0, 5, 0],  # two readings of one place
-                        [1, 0, 0],                  # a repeat that ended the stroke: eos moves to the row before
-                        [0, 0, 0],                  # a pen-up move of length 0 (the pen went down where it rose): kept
-                        [0, 2, 2], [1, 1, 0]], dtype=np.float32)
-    cleaned, removed = dp.remove_repeated_points(offsets)
-    assert removed == 3
-    np.testing.assert_array_equal(cleaned, [[0, 0, 0], [0, 3, 4], [1, 5, 0], [0, 0, 0], [0, 2, 2], [1, 1, 0]])
-    # the pen still draws the same points, stroke by stroke
-    assert [s.tolist() for s in utils.offsets_to_strokes(cleaned)] == [
-        [[0, 0], [3, 4], [8, 4]], [[8, 4], [10, 6], [11, 6]]]
-
-
-def test_clean_line_removes_a_repeated_reading():
-    summary = dp.Summary()
-    stroke = np.array([[0, 0, 0.0], [10, 0, 0.015], [10, 0, 0.03], [10, 10, 0.045]])  # the pen rests once
-    offsets = dp.clean_line([stroke], summary)
-    np.testing.assert_array_equal(offsets, np.array([[0, 0, 0], [0, 10, 0], [1, 0, -10]], dtype=np.float32))
-    assert summary.repeated_points_removed == 1 and summary.points_interpolated == 0
-
-
-def test_clean_line_interpolates_and_removes_glitch():
-    summary = dp.Summary()
-    offsets = dp.clean_line([np.array(s, dtype=float) for s in LINE_C], summary)
-    np.testing.assert_array_equal(offsets, np.array(OFFSETS_C, dtype=np.float32))
-    assert summary.points_interpolated == 1 and summary.steps_removed == 2
-
-
-# ----------------------------------------------------------------------------- parsing
-
-
-def test_parse_stroke_xml_fast_and_slow_paths_agree():
-    xml = stroke_xml(LINE_A).encode()
-    fast = dp.parse_stroke_xml(xml)
-    slow = dp._parse_stroke_xml_slow(xml)
-    # Another attribute order misses the fast pattern and must still be read (by ElementTree).
-    reordered = dp.parse_stroke_xml(stroke_xml(LINE_A, attribute_order=("time", "y", "x")).encode())
-    for strokes in (fast, slow, reordered):
-        assert [len(s) for s in strokes] == [5, 5]
-        np.testing.assert_allclose(strokes[1][2], [161, 500, 1000.53])
-        np.testing.assert_allclose(strokes[0][0], [100, 500, 1000.00])
-
-
-def test_parse_stroke_xml_malformed():
-    with pytest.raises(dp.BadFile, match="malformed XML"):
-        dp.parse_stroke_xml(stroke_xml(LINE_B)[:700].encode())
-    with pytest.raises(dp.BadFile, match="numeric"):
-        dp.parse_stroke_xml(stroke_xml(LINE_B).replace('x="220"', 'x="oops"').encode())
+# ----------------------------------------------------------------------------- transcriptions and splits
 
 
 def test_csr_lines():

@@ -153,7 +153,7 @@ def test_judge_logs_one_row_per_checkpoint_and_says_when_tesseract_is_missing(ti
     assert len(rows) == 2 and rows[0]["checkpoint"] == path and rows[0]["task"] == "synthesis"
     model = Writer.load(path).model
     data = dataset.load_data(os.path.join(data_dir, "validation.npz"))
-    per_line, per_point = evaluate.dataset_nll(model, data, 8)
+    per_line, per_point = dataset.dataset_nll(model, data, 8)
     assert float(rows[1]["nats_per_line"]) == pytest.approx(per_line)
     assert float(rows[1]["nats_per_point"]) == pytest.approx(per_point)
     assert f"validation NLL {per_line:.1f} nats/line" in out
@@ -164,7 +164,7 @@ def test_the_judge_reads_data_normalised_otherwise_the_checkpoints_way(tiny, tmp
     path, data_dir = tiny
     data = dataset.load_data(os.path.join(data_dir, "validation.npz"))
     other_mean, other_std = data.offset_mean + [1.5, -0.5], data.offset_std * [2.0, 0.5]
-    moved = dataset.renormalised(data, other_mean, other_std)
+    moved = dataset.renormalised(data, dataset.Normalisation(other_mean, other_std))
     row0 = moved.offsets[0][3, 1:] * other_std + other_mean  # the raw offsets are the same ink
     np.testing.assert_allclose(row0, data.offsets[0][3, 1:] * data.offset_std + data.offset_mean, rtol=1e-5)
     assert not np.allclose(moved.offsets[0][3, 1:], data.offsets[0][3, 1:])
@@ -206,7 +206,7 @@ def test_primed_nll_is_the_line_read_on_from_the_state_the_prime_left(tiny):
     assert primed == pytest.approx(expected, rel=1e-5)
     one_line = dataset.HandwritingData([data.offsets[1]], [data.text_codes[1]], [data.texts[1]], ["x"],
                                        data.alphabet, data.offset_mean, data.offset_std)
-    assert alone == pytest.approx(evaluate.dataset_nll(model, one_line, 1)[0], rel=1e-5)
+    assert alone == pytest.approx(dataset.dataset_nll(model, one_line, 1)[0], rel=1e-5)
 
 
 def test_fidelity_reports_each_statistic_unprimed_and_primed(tiny):

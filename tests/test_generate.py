@@ -1,9 +1,7 @@
-"""generate.py (the Writer API and the command line), the model's generate() and the drawing
-helpers of utils.py, on tiny checkpoints trained here (CPU, seconds)."""
+"""generate.py: the Writer API (lines, primes, pages and their retries) and the command line, and
+the model's generate() as the Writer drives it, on tiny checkpoints trained here (CPU, seconds)."""
 import math
 import os
-import re
-import xml.etree.ElementTree as ET
 
 import matplotlib.image
 import numpy as np
@@ -11,14 +9,15 @@ import pytest
 import torch
 
 import checkpoint
+import dataset
 import generate
+import ink
 import model as model_module
 import utils
-from fixtures import train_tiny
-from generate import Writer
+from fixtures import (EXPECTED_OFFSETS, IAM_XML, INKML, JSON, make_handwriting_data, svg_paths, train_tiny,
+                      write_data_dir, write_file)
+from generate import Prime, PrimeError, Writer, wrap_words
 from model import finished
-
-SVG = "{http://www.w3.org/2000/svg}"
 
 
 @pytest.fixture(scope="module")
@@ -41,70 +40,17 @@ def writer(checkpoints):
     return Writer.load(checkpoints["synthesis"])
 
 
-def svg_paths(path):
-    root = ET.parse(path).getroot()
-    assert root.tag == SVG + "svg"
-    return root.findall(f".//{SVG}path")
+# ----------------------------------------------------------------------------- the normalisation
 
-
-def path_points(d):
-    numbers = [float(v) for v in re.findall(r"-?\d+\.?\d*", d)]
-    return np.array(numbers).reshape(-1, 2)
-
-
-# ----------------------------------------------------------------------------- coordinates and drawings
-
-def test_offsets_to_strokes_splits_after_each_pen_lift():
-    offsets = np.array([[0, 1, 0], [1, 1, 1],             # stroke 1 ends on its 2nd point
-                        [0, 0, 2], [0, 1, 0], [1, 0, -1],  # stroke 2
-                        [0, 5, 5]])                        # unfinished last stroke, still drawn
-    strokes = utils.offsets_to_strokes(offsets)
-    assert len(strokes) == 3
-    np.testing.assert_array_equal(strokes[0], [[1, 0], [2, 1]])
-    np.testing.assert_array_equal(strokes[1], [[2, 3], [3, 3], [3, 2]])
-    np.testing.assert_array_equal(strokes[2], [[8, 7]])
-    # a lift on the very last point leaves no empty stroke behind
-    assert len(utils.offsets_to_strokes(offsets[:5])) == 2
-
-
-def test_to_pen_units_inverts_the_normalisation(writer):
-    raw = np.array([[0, 3.0, -1.0], [1, -2.0, 4.0]])
+def test_the_writer_carries_its_checkpoints_normalisation_and_starts_at_the_zero_offset(writer):
     mean, std = np.array([0.5, -0.2]), np.array([2.0, 3.0])  # the fixture data's statistics
-    np.testing.assert_allclose(writer.offset_mean, mean) and np.testing.assert_allclose(writer.offset_std, std)
+    assert writer.normalisation == dataset.Normalisation(np.float32(mean), np.float32(std))
+    raw = np.array([[0, 3.0, -1.0], [1, -2.0, 4.0]])
     normalised = raw.copy()
     normalised[:, 1:] = (raw[:, 1:] - mean) / std
-    np.testing.assert_allclose(writer.to_pen_units(normalised), raw, rtol=1e-6)
-    assert normalised[0, 1] == (3.0 - 0.5) / 2.0  # the input is left alone
+    np.testing.assert_allclose(writer.normalisation.to_pen_units(normalised), raw, rtol=1e-6)
     # the start row is the zero pen offset
-    np.testing.assert_allclose(writer.to_pen_units(writer.start_row(2).numpy()), 0, atol=1e-6)
-
-
-def test_svg_has_one_path_per_stroke_with_y_flipped(tmp_path):
-    line1 = np.array([[0, 0, 0], [0, 1, 2], [1, 1, 0], [0, 1, 0], [1, 0, 1]], float)  # 2 strokes
-    line2 = np.array([[1, 0, 0], [1, 2, 0], [0, 0, 1]], float)                        # 3 strokes
-    path = tmp_path / "lines.svg"
-    utils.write_svg([line1, line2], path)
-    paths = svg_paths(path)
-    assert len(paths) == 5
-    first = path_points(paths[0].get("d"))
-    assert len(first) == 3
-    # the pen went up by 2 between the first two points: SVG's y grows downwards
-    assert first[1, 1] - first[0, 1] == pytest.approx(-2)
-    assert first[1, 0] - first[0, 0] == pytest.approx(1)
-    # line 2 lies below line 1 (larger SVG y everywhere)
-    line1_y = np.concatenate([path_points(p.get("d"))[:, 1] for p in paths[:2]])
-    line2_y = np.concatenate([path_points(p.get("d"))[:, 1] for p in paths[2:]])
-    assert line2_y.min() > line1_y.max()
-
-
-def test_png_shows_ink(tmp_path):
-    line = np.array([[0, 0, 0], [0, 5, 5], [1, 5, -5], [0, 3, 0], [1, 5, 5]], float)
-    path = tmp_path / "line.png"
-    utils.plot_strokes([line, line], path)
-    image = matplotlib.image.imread(path)
-    assert image.ndim == 3 and image.shape[0] > 10 and image.shape[1] > 10
-    dark = image[..., :3].mean(-1) < 0.5
-    assert 0 < dark.mean() < 0.5
+    np.testing.assert_allclose(writer.normalisation.to_pen_units(writer.start_row(2).numpy()), 0, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- the stopping rule
@@ -120,11 +66,12 @@ def test_finished_when_the_position_after_the_text_wins():
 
 @pytest.mark.parametrize("task", ["synthesis", "rand_write"])
 def test_generation_step_is_forward_one_point_at_a_time(checkpoints, task):
-    """GenerationStep packs the weights its own way; it must compute what forward() does, and read
-    the window one position past each text as Graves' formula gives it."""
+    """The step generate() writes with (the fast model's GenerationStep packs the weights its own
+    way) must compute what forward() does, and read the window one position past each text as
+    Graves' formula gives it."""
     model = Writer.load(checkpoints[task]).model
     text, mask = Writer.load(checkpoints["synthesis"]).encode(["abc ab", "ca"]) if task == "synthesis" else (None, None)
-    step = model_module.GenerationStep(model, text, mask)
+    step = model.generation_step(text, mask)
     by_forward = model.initial_state(2)
     by_step = model_module.State(*(None if s is None else s.numpy() for s in by_forward))
     close = lambda array, tensor, msg=None: np.testing.assert_allclose(array, tensor.numpy(), rtol=1e-5,
@@ -237,8 +184,8 @@ def test_empty_text_is_an_error(writer, checkpoints, capsys):
 
 
 def deterministic_sample(y, bias, noise):
-    """In place of GenerationStep.sample: the most likely component's mean, pen lifted when more
-    likely than not; no randomness."""
+    """In place of the generation step's sample: the most likely component's mean, pen lifted when
+    more likely than not; no randomness (sample_deterministically)."""
     mix = model_module.split_mixture(torch.from_numpy(y), bias)
     component = mix.log_weights.argmax(-1, keepdim=True)
     pick = lambda t: t.gather(-1, component).squeeze(-1)
@@ -246,9 +193,15 @@ def deterministic_sample(y, bias, noise):
     return torch.stack([eos, pick(mix.mu_x), pick(mix.mu_y)], dim=-1).numpy()
 
 
+def sample_deterministically(monkeypatch, writer):
+    """Make the step the writer's model generates with sample by deterministic_sample."""
+    step = writer.model.generation_step(*writer.encode(["a"]))
+    monkeypatch.setattr(type(step), "sample", staticmethod(deterministic_sample))
+
+
 def test_a_batch_writes_each_line_as_if_alone(writer, monkeypatch):
     """Padding and finished lines must not leak into the other lines of a batch."""
-    monkeypatch.setattr(model_module.GenerationStep, "sample", staticmethod(deterministic_sample))
+    sample_deterministically(monkeypatch, writer)
     set_window(writer.model, 0.0, 0.0, math.log(0.25))  # a quarter character per step: lines end in turn
     texts = ["abc", "a", "cab bac"]
     batch = writer.write(texts, max_points_per_char=8)
@@ -261,6 +214,243 @@ def test_a_batch_writes_each_line_as_if_alone(writer, monkeypatch):
         np.testing.assert_allclose(batch.lines[b], alone.lines[0], atol=1e-5)
         np.testing.assert_allclose(batch.phis[b], alone.phis[0], atol=1e-5)
         assert batch.phis[b].shape == (len(batch.lines[b]) - 1, len(text))
+
+
+# ----------------------------------------------------------------------------- primes
+
+@pytest.mark.parametrize("name, content, text", [
+    ("line.xml", IAM_XML, "ab"),  # IAM-OnDB stroke files hold no text: --prime_text gives it
+    ("line.inkml", INKML, None),  # its transcription annotation; time is the first channel here
+    ("line.json", JSON, None),
+])
+def test_each_prime_format_gives_the_hand_computed_offsets(tmp_path, name, content, text):
+    prime = Prime.read(write_file(tmp_path, name, content), text)
+    assert prime.text == "ab"
+    np.testing.assert_array_equal(prime.offsets, EXPECTED_OFFSETS)
+
+
+def test_prime_text_wins_over_the_text_in_the_file(tmp_path):
+    assert Prime.read(write_file(tmp_path, "line.json", JSON), "a b").text == "a b"
+    assert Prime.read(write_file(tmp_path, "line.inkml", INKML), "ba").text == "ba"
+
+
+@pytest.mark.parametrize("name, content, error", [
+    ("a.xml", IAM_XML, "does not say what is written; pass its text"),
+    ("a.json", '{"text": " ", "strokes": [[[1, 2], [3, 4]]]}', "does not say what is written"),
+    ("a.json", '{"text": 7, "strokes": [[[1, 2], [3, 4]]]}', '"text" is not a string'),  # ink.py's words
+])
+def test_a_bad_prime_file_is_refused_with_its_name_and_what_is_wrong(tmp_path, name, content, error):
+    path = write_file(tmp_path, name, content)
+    with pytest.raises(PrimeError, match=error) as refused:
+        Prime.read(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+
+
+def test_a_missing_prime_file_is_refused(tmp_path):
+    with pytest.raises(PrimeError, match="missing.json: No such file"):
+        Prime.read(str(tmp_path / "missing.json"))
+
+
+def test_prime_line_comes_from_the_processed_data_in_pen_units(tmp_path):
+    data_dir = write_data_dir(tmp_path / "data")
+    validation = make_handwriting_data(8, seed=2)  # what write_data_dir wrote as validation.npz
+    prime = Prime.from_data("line-3", data_dir)
+    assert prime.text == validation.texts[3]
+    expected = validation.offsets[3].astype(np.float64)
+    expected[:, 1:] = expected[:, 1:] * [2.0, 3.0] + [0.5, -0.2]  # the fixture's std and mean
+    np.testing.assert_allclose(prime.offsets, expected, rtol=1e-6)
+    with pytest.raises(PrimeError, match="--prime_line b01-999-01: no line of that id .*ids look like line-0"):
+        Prime.from_data("b01-999-01", data_dir)
+
+
+def test_every_prime_is_scaled_to_the_step_the_checkpoint_implies(writer):
+    # the fixture data's std is (2, 3): the median step is 0.46 * sqrt(2 * 3) pen units
+    assert writer.median_step == pytest.approx(0.46 * math.sqrt(6))
+    for scale in [0.01, 1, 300]:  # whatever its units, a prime reaches the network alike
+        prime = Prime("ab", np.array(EXPECTED_OFFSETS, float) * [1, scale, scale])
+        read = writer.normalisation.to_pen_units(writer.prime_offsets(prime).numpy())
+        # steps 5, 4 and 1 in the prime's units: the median, 4, becomes the training data's
+        np.testing.assert_allclose(read, np.array(EXPECTED_OFFSETS) * [1, writer.median_step / 4,
+                                                                         writer.median_step / 4], atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- priming
+
+def loops(num_points, turn=0.8, seed=0):
+    """A prime in pen units like the fixture data: loops, a pen lift every 8 points."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(num_points)
+    offsets = np.stack([np.zeros(num_points), 2 * np.cos(t * turn) + 0.5, 3 * np.sin(t * turn) - 0.2], 1)
+    offsets += 0.1 * rng.standard_normal(offsets.shape) * [0, 1, 1]
+    offsets[7::8, 0] = 1
+    offsets[0] = 0
+    return offsets
+
+
+def test_priming_changes_the_strokes_reproducibly(writer):
+    prime = Prime("abc", loops(24))
+    write = lambda seed, prime: writer.write(["ab ca"], 0.5, seed, 10, prime=prime).lines[0]
+    first, again = write(1, prime), write(1, prime)
+    np.testing.assert_array_equal(first, again)
+    unprimed = write(1, None)
+    assert first.shape != unprimed.shape or not np.array_equal(first, unprimed)
+    other = write(1, Prime("abc", loops(24, turn=1.3)))
+    assert first.shape != other.shape or not np.array_equal(first, other)
+    np.testing.assert_array_equal(first[0], [first[0, 0], 0, 0])  # it starts at the origin
+
+
+def test_after_priming_the_window_has_moved_over_the_prime_text(writer):
+    # alpha = beta = 1 and kappa moves a quarter character per point read, so after reading the
+    # 9 rows of a prime, kappa = 2.25 and phi(u) = K exp(-(2.25 - u)^2); unprimed, after the
+    # start row alone, kappa = 0.25
+    set_window(writer.model, 0.0, 0.0, math.log(0.25))
+    K = writer.model.config.K
+    text, mask = writer.encode([dataset.joined_text("abc", "ab")])  # "abc ab"
+    generate_first_window = lambda **primed: writer.model.generate(
+        text=text, text_mask=mask, generator=torch.Generator().manual_seed(0), **primed)[1][0][0]
+    primed = generate_first_window(start=None, prime=[writer.prime_offsets(Prime("abc", loops(9)))],
+                                   prime_chars=[4])
+    unprimed = generate_first_window(start=writer.start_row(1))
+    np.testing.assert_allclose(primed, [K * math.exp(-(2.25 - u) ** 2) for u in range(6)], rtol=1e-5)
+    np.testing.assert_allclose(unprimed, [K * math.exp(-(0.25 - u) ** 2) for u in range(6)], rtol=1e-5)
+
+
+def test_a_primed_line_ends_by_the_rule_at_the_end_of_the_joined_text(writer):
+    # kappa moves 1 per point read; the window reads "ab abc" (U = 6). Reading the prime's 4 rows
+    # takes kappa to 4; points are sampled at kappa 4 and 5, and at kappa 6 > 5.5 the position
+    # after the text wins. Of those 2 points the first becomes the origin; the window behind the
+    # second (kappa 5) is returned over the line's own text "abc", positions 3 to 5.
+    set_window(writer.model, 0.0, 0.0, 0.0)
+    writing = writer.write(["abc"], seed=0, prime=Prime("ab", loops(4)))
+    assert writing.capped == [False] and writing.texts == ["abc"]
+    assert writing.lines[0].shape == (2, 3)
+    np.testing.assert_array_equal(writing.lines[0][0, 1:], [0, 0])
+    K = writer.model.config.K
+    np.testing.assert_allclose(writing.phis[0], [[K * math.exp(-(5 - u) ** 2) for u in range(3, 6)]], rtol=1e-5)
+
+
+def test_the_step_cap_of_a_primed_line_counts_only_the_new_characters(writer):
+    set_window(writer.model, 0.0, 0.0, -30.0)  # the window never moves
+    with pytest.warns(UserWarning, match="step cap"):
+        writing = writer.write(["abc"], seed=0, max_points_per_char=3, prime=Prime("ab", loops(4)))
+    assert writing.capped == [True]
+    # 3 points for each of " abc" and one more: 12 new points, all returned
+    assert writing.lines[0].shape == (12, 3) and writing.phis[0].shape == (11, 3)
+
+
+def test_primes_of_different_lengths_write_each_line_as_if_alone(writer, monkeypatch):
+    sample_deterministically(monkeypatch, writer)
+    set_window(writer.model, 0.0, 0.0, math.log(0.25))
+    texts, primes = ["ab", "cab a"], [Prime("c", loops(5)), Prime("ba c", loops(17, seed=1))]
+    batch = writer.write(texts, prime=primes, max_points_per_char=8)
+    for b in range(2):
+        alone = writer.write([texts[b]], prime=primes[b], max_points_per_char=8)
+        np.testing.assert_allclose(batch.lines[b], alone.lines[0], atol=1e-5)
+        np.testing.assert_allclose(batch.phis[b], alone.phis[0], atol=1e-5)
+
+
+def test_unknown_characters_in_the_prime_text_are_written_as_spaces(writer):
+    write = lambda prime_text: writer.write(["ab"], 0.0, 5, 10, prime=Prime(prime_text, loops(16))).lines[0]
+    with pytest.warns(UserWarning, match="'€'"):
+        unknown = write("a€b")
+    np.testing.assert_array_equal(unknown, write("a b"))
+
+
+def test_the_prime_text_is_spelled_with_look_alikes_like_a_text(writer):
+    write = lambda prime_text: writer.write(["ab"], 0.0, 5, 10, prime=Prime(prime_text, loops(16))).lines[0]
+    np.testing.assert_array_equal(write("café…"), write("cafe..."))
+    assert writer.write_page(["café…", "naïve"], 0.0, 5, 10).texts == ["cafe...", "naive"]  # as written
+
+
+def test_an_empty_text_is_refused_even_after_a_prime(writer):
+    with pytest.raises(ValueError, match="empty"):
+        writer.write([" "], prime=Prime("ab", loops(8)))
+
+
+# ----------------------------------------------------------------------------- pages
+
+@pytest.mark.parametrize("text, width, lines", [
+    ("the quick brown fox jumps over the lazy dog", 10, ["the quick", "brown fox", "jumps over", "the lazy", "dog"]),
+    ("ab cd", 5, ["ab cd"]),                      # exactly the width fits
+    ("ab cd", 4, ["ab", "cd"]),
+    ("a extraordinarily b c", 5, ["a", "extraordinarily", "b c"]),  # a long word alone
+    ("  one\ntwo   three ", 7, ["one two", "three"]),                 # any whitespace breaks words
+    (" ", 5, []),
+])
+def test_wrap_words_against_hand_worked_breaks(text, width, lines):
+    assert wrap_words(text, width) == lines
+
+
+def test_a_page_primes_each_line_with_the_line_before(writer):
+    set_window(writer.model, 0.0, 0.0, math.log(0.25))  # every line reaches its end
+    lines = ["ab c", "ba", "c a"]
+    page = writer.write_page(lines, bias=0.5, seed=5)
+    assert page.texts == lines and page.capped == [False] * 3 and page.seed == 5
+    np.testing.assert_array_equal(page.lines[0], writer.write([lines[0]], 0.5, 5).lines[0])
+    for i in [1, 2]:  # line i: seed 5 + i, primed by line i - 1 as written
+        alone = writer.write([lines[i]], 0.5, 5 + i, prime=Prime(lines[i - 1], page.lines[i - 1]))
+        np.testing.assert_array_equal(page.lines[i], alone.lines[0])
+        np.testing.assert_array_equal(page.phis[i], alone.phis[0])
+
+    prime = Prime("cab", loops(24))  # with a prime, it primes every line
+    page = writer.write_page(lines, bias=0.5, seed=5, prime=prime)
+    for i in range(3):
+        np.testing.assert_array_equal(page.lines[i], writer.write([lines[i]], 0.5, 5 + i, prime=prime).lines[0])
+
+
+def test_a_stalled_page_line_is_retried_with_the_next_seed_then_reported(writer, monkeypatch):
+    set_window(writer.model, 0.0, 0.0, math.log(0.25))
+    stalls = {10, 12, 13, 14, 15}  # line 0 stalls once; line 1 on every attempt
+    attempts = []
+    real_write = Writer._write
+
+    def write(self, texts, primes, bias, seed, max_points_per_char):
+        attempts.append((texts[0], seed, primes[0].text if primes is not None else None))
+        writing = real_write(self, texts, primes, bias, seed, max_points_per_char)
+        writing.capped = [seed in stalls]
+        return writing
+
+    monkeypatch.setattr(Writer, "_write", write)
+    with pytest.warns(UserWarning, match=r"page line 1 \('ba'\) stalled at the step cap .* seeds 12 to 15"):
+        page = writer.write_page(["ab", "ba", "c"], seed=10)
+    assert attempts == [("ab", 10, None), ("ab", 11, None),
+                        ("ba", 12, "ab"), ("ba", 13, "ab"), ("ba", 14, "ab"), ("ba", 15, "ab"),
+                        ("c", 16, "ab")]  # primed by the last line written to its end
+    assert page.capped == [False, True, False] and len(page.lines) == 3
+    monkeypatch.undo()
+    set_window(writer.model, 0.0, 0.0, math.log(0.25))
+    kept = writer.write(["ba"], 0.0, 15, prime=Prime("ab", page.lines[0])).lines[0]  # the last attempt
+    np.testing.assert_array_equal(page.lines[1], kept)
+
+
+def test_stalled_lines_of_a_batch_are_written_again_with_the_next_seeds(writer, monkeypatch):
+    set_window(writer.model, 0.0, 0.0, math.log(0.25))
+    texts, primes = ["ba", "ab", "cab"], [Prime("c", loops(5)), Prime("a", loops(6)), Prime("b", loops(7))]
+    stalls = {("ab", 7), ("ab", 8)} | {("cab", seed) for seed in range(7, 11)}  # twice; on every attempt
+    attempts = []
+    real_write = Writer._write
+
+    def write(self, texts, primes, bias, seed, max_points_per_char):
+        attempts.append((tuple(texts), seed, tuple(p.text for p in primes)))
+        writing = real_write(self, texts, primes, bias, seed, max_points_per_char)
+        writing.capped = [(text, seed) in stalls for text in texts]
+        return writing
+
+    monkeypatch.setattr(Writer, "_write", write)
+    with pytest.warns(UserWarning, match=r"^line 2 \('cab'\) stalled at the step cap .* seeds 7 to 10"):
+        writing = writer.write(texts, 0.5, 7, prime=primes)
+    # the stalled lines only, as one batch, each with its own prime, the seed one up each time
+    assert attempts == [(("ba", "ab", "cab"), 7, ("c", "a", "b")), (("ab", "cab"), 8, ("a", "b")),
+                        (("ab", "cab"), 9, ("a", "b")), (("cab",), 10, ("b",))]
+    assert writing.capped == [False, False, True] and writing.seed == 7 and writing.texts == texts
+    monkeypatch.undo()
+    set_window(writer.model, 0.0, 0.0, math.log(0.25))
+    kept = [writer.write(texts, 0.5, 7, prime=primes, retries=0).lines[0],
+            writer.write(texts[1:], 0.5, 9, prime=primes[1:], retries=0).lines[0],
+            writer.write(texts[2:], 0.5, 10, prime=primes[2:], retries=0).lines[0]]
+    for line, expected in zip(writing.lines, kept):
+        np.testing.assert_array_equal(line, expected)
 
 
 # ----------------------------------------------------------------------------- the command line
@@ -364,3 +554,104 @@ def test_average_refuses_checkpoints_of_different_models(checkpoints, tmp_path):
     with pytest.raises(SystemExit, match="differs from .* in its config: only checkpoints of one model"):
         checkpoint.main(["average", str(out), checkpoints["synthesis"], checkpoints["rand_write"]])
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- the command line: primes and pages
+
+def test_the_page_command_writes_what_the_api_writes(checkpoints, writer, tmp_path):
+    out, strokes_out = tmp_path / "page.png", tmp_path / "page.npz"
+    generate.main(["--checkpoint", checkpoints["synthesis"], "--text", "ab ba", "--text", "abc", "--width", "5",
+                   "--seed", "3", "--bias", "0.5", "--max_points_per_char", "10",
+                   "--out", str(out), "--strokes_out", str(strokes_out)])
+    page = writer.write_page(["ab ba", "abc"], 0.5, 3, 10)
+    with np.load(strokes_out) as saved:
+        assert list(saved["texts"]) == ["ab ba", "abc"]
+        for i, line in enumerate(page.lines):
+            np.testing.assert_array_equal(saved[f"line_{i}"], line.astype(np.float32))
+    assert matplotlib.image.imread(out).ndim == 3
+
+
+@pytest.mark.parametrize("name, content, flags", [
+    ("prime.xml", IAM_XML, ["--prime_text", "ab"]),
+    ("prime.json", JSON, []),
+])
+def test_the_prime_command_writes_what_the_api_writes(checkpoints, writer, tmp_path, name, content, flags):
+    path, strokes_out = write_file(tmp_path, name, content), tmp_path / "primed.npz"
+    generate.main(["--checkpoint", checkpoints["synthesis"], "--prime", path, *flags, "--text", "ba", "--text", "cab",
+                   "--seed", "4", "--max_points_per_char", "10", "--out", str(tmp_path / "primed.svg"),
+                   "--strokes_out", str(strokes_out)])
+    writing = writer.write(["ba", "cab"], 0.0, 4, 10, prime=Prime.read(path, "ab"))
+    with np.load(strokes_out) as saved:
+        for i, line in enumerate(writing.lines):
+            np.testing.assert_array_equal(saved[f"line_{i}"], line.astype(np.float32))
+
+
+def test_the_prime_line_command_reads_the_processed_data(checkpoints, writer, tmp_path):
+    data_dir, strokes_out = write_data_dir(tmp_path / "data"), tmp_path / "primed.npy"
+    generate.main(["--checkpoint", checkpoints["synthesis"], "--prime_line", "line-2", "--data_dir", data_dir,
+                   "--text", "ab", "--seed", "1", "--max_points_per_char", "10",
+                   "--out", str(tmp_path / "primed.png"), "--strokes_out", str(strokes_out)])
+    writing = writer.write(["ab"], 0.0, 1, 10, prime=Prime.from_data("line-2", data_dir))
+    np.testing.assert_array_equal(np.load(strokes_out), writing.lines[0].astype(np.float32))
+
+
+def test_a_bad_prime_stops_the_command_with_one_line(checkpoints, tmp_path):
+    path = write_file(tmp_path, "bad.json", '{"strokes": []}')
+    with pytest.raises(SystemExit, match=f"^{path}: holds no pen strokes$"):
+        generate.main(["--checkpoint", checkpoints["synthesis"], "--prime", path, "--prime_text", "ab", "--text", "ab",
+                       "--out", str(tmp_path / "x.png")])
+    with pytest.raises(SystemExit, match="no line of that id"):
+        generate.main(["--checkpoint", checkpoints["synthesis"], "--prime_line", "nope", "--text", "ab",
+                       "--data_dir", write_data_dir(tmp_path / "data"), "--out", str(tmp_path / "x.png")])
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("flags, error", [
+    (["--prime_text", "ab"], "--prime_text says what the --prime file says"),
+    (["--prime", "a.json", "--prime_line", "a01-000u-01"], "give one"),
+    (["--width", "0"], "--width must be >= 1"),
+])
+def test_priming_and_page_options_are_checked(flags, error, capsys):
+    with pytest.raises(SystemExit) as exit:
+        generate.parse_args(["--text", "ab", *flags])
+    assert exit.value.code == 2 and error in capsys.readouterr().err
+
+
+def test_several_prime_lines_write_the_texts_once_in_each_hand(checkpoints, writer, tmp_path):
+    data_dir, strokes_out = write_data_dir(tmp_path / "data"), tmp_path / "hands.npz"
+    generate.main(["--checkpoint", checkpoints["synthesis"], "--prime_line", "line-2", "--prime_line", "line-0",
+                   "--data_dir", data_dir, "--text", "ab", "--text", "ca", "--seed", "3",
+                   "--max_points_per_char", "10", "--out", str(tmp_path / "hands.svg"),
+                   "--strokes_out", str(strokes_out)])
+    hands = [Prime.from_data(line_id, data_dir) for line_id in ("line-2", "line-2", "line-0", "line-0")]
+    writing = writer.write(["ab", "ca", "ab", "ca"], 0.0, 3, 10, prime=hands)
+    with np.load(strokes_out) as saved:
+        assert list(saved["texts"]) == ["ab", "ca", "ab", "ca"]
+        for i, line in enumerate(writing.lines):
+            np.testing.assert_array_equal(saved[f"line_{i}"], line.astype(np.float32))
+
+
+def test_show_primes_puts_each_prime_as_read_above_its_lines(writer, tmp_path):
+    data_dir = write_data_dir(tmp_path / "data")
+    primes = [Prime.from_data("line-2", data_dir), Prime.from_data("line-0", data_dir)]
+    writing = writer.write(["ab", "ab"], 0.0, 3, 10, prime=primes)
+    shown = generate.with_primes(writing, primes, writer)
+    assert shown.texts == [f"prime: {primes[0].text}", "ab", f"prime: {primes[1].text}", "ab"]
+    assert shown.lines[1] is writing.lines[0] and shown.lines[3] is writing.lines[1]
+    for prime, drawn in zip(primes, shown.lines[::2]):
+        # the prime as the network reads it: the same steps, all scaled by one factor (to the data's pace)
+        steps, _ = ink.remove_repeated_points(prime.offsets)
+        scale = np.linalg.norm(drawn[:, 1:]) / np.linalg.norm(steps[:, 1:])
+        np.testing.assert_allclose(drawn[:, 1:], scale * steps[:, 1:], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(drawn[:-1, 0], steps[:-1, 0])
+        assert drawn[-1, 0] == 1
+
+
+@pytest.mark.parametrize("flags, error", [
+    (["--show_primes"], "--show_primes draws the primes"),
+    (["--width", "10", "--prime_line", "a", "--prime_line", "b"], "written in one hand"),
+])
+def test_several_hands_options_are_checked(flags, error, capsys):
+    with pytest.raises(SystemExit) as exit:
+        generate.parse_args(["--text", "ab", *flags])
+    assert exit.value.code == 2 and error in capsys.readouterr().err

@@ -55,7 +55,7 @@ def test_shipped_synthesis_model_takes_longer_over_wide_letters():
 def test_shipped_unconditional_model_writes_like_its_training_data():
     writer = shipped("rand_write")
     points = np.concatenate(writer.sample(4, 600, seed=0).lines)[1:]
-    mean, std = writer.offset_mean, writer.offset_std
+    mean, std = writer.normalisation.mean, writer.normalisation.std
     assert 0.02 < points[:, 0].mean() < 0.3  # pen lifts: strokes of a few to tens of points
     # written left to right, at the data's scale
     assert 0.3 * mean[0] < points[:, 1].mean() < 3 * mean[0]

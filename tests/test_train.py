@@ -15,7 +15,7 @@ import checkpoint as checkpoint_module
 import dataset
 import model as model_module
 import train
-from evaluate import dataset_nll
+from dataset import dataset_nll
 from fixtures import TINY_MODEL, make_handwriting_data, write_data_dir
 from model import HandwritingModel, ModelConfig, sequence_nll
 
