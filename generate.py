@@ -43,8 +43,8 @@ import torch
 
 import arguments
 import checkpoint
-import data_preprocessing
 import dataset
+import ink
 import utils
 from model import MAX_POINTS_PER_CHAR
 
@@ -93,26 +93,26 @@ class Prime:
     """A line of handwriting whose style to write in (Graves section 5.5): what it says, and its
     pen offsets in pen units: float (T, 3) rows [end_of_stroke, dx, dy], y up, row 0 the zero
     offset (the line's first point). That is the format of Writing.lines, so a written line can
-    prime the next. Any scale: Writer.write rescales every prime (data_preprocessing.rescale_to_pace)."""
+    prime the next. Any scale: the network reads every prime at the data's pace (ink.as_read)."""
     text: str
     offsets: np.ndarray
 
     @classmethod
     def read(cls, path, text=None):
-        """A prime from an IAM-OnDB line XML, an InkML or a JSON file (by extension, then root element).
+        """A prime from an IAM-OnDB line XML, an InkML or a JSON file (ink.read_ink_file).
 
         `text` (--prime_text) is what the strokes say; it wins over the file's own (InkML's
         transcription annotation, JSON's "text"; IAM-OnDB's stroke files hold none). Raises
         PrimeError, naming the file and what is wrong.
         """
         try:
-            offsets, file_text = data_preprocessing.read_ink_file(path)
-        except data_preprocessing.BadFile as e:
+            offsets, file_text = ink.read_ink_file(path)
+        except ink.BadFile as e:
             raise PrimeError(str(e)) from None
         text = text if text is not None else file_text
         if not text or not text.strip():
             raise PrimeError(f"{path}: the file does not say what is written; pass its text (--prime_text)")
-        return cls(text.strip(), offsets.astype(np.float64))
+        return cls(text.strip(), offsets)
 
     @classmethod
     def from_data(cls, line_id, data_dir="data"):
@@ -121,17 +121,10 @@ class Prime:
             data = dataset.load_data(os.path.join(data_dir, f"{split}.npz"))
             if line_id in data.line_ids:
                 i = data.line_ids.index(line_id)
-                offsets = data.offsets[i].astype(np.float64)
-                offsets[:, 1:] = offsets[:, 1:] * data.offset_std + data.offset_mean  # to pen units
-                return cls(data.texts[i], offsets)
+                return cls(data.texts[i], data.normalisation.to_pen_units(data.offsets[i]))
         example = data.line_ids[0] if data.line_ids else "a01-003-01"
         raise PrimeError(f"--prime_line {line_id}: no line of that id in {data_dir}/validation.npz or "
                          f"train.npz (ids look like {example})")
-
-
-def joined_text(prime_text, text):
-    """What the window of a primed line reads: the prime's text, one space, the text to write."""
-    return f"{prime_text.rstrip()} {text}"
 
 
 def wrap_words(text, width):
@@ -150,60 +143,71 @@ def fresh_seed():
     return int.from_bytes(os.urandom(4), "little") >> 1
 
 
+def warn_stalled(name, text, max_points_per_char, first_seed, last_seed):
+    """Say that a line was kept although it stalled, with every seed it was tried with."""
+    seeds = f"seed {first_seed}" if first_seed == last_seed else f"seeds {first_seed} to {last_seed}"
+    warnings.warn(f"{name} ({text!r}) stalled at the step cap of {max_points_per_char} points per character: "
+                  f"its window did not reach the end of the text, with {seeds}; kept the last attempt, which "
+                  "may miss words (raise --max_points_per_char or try another seed)")
+
+
+# ----------------------------------------------------------------------------- the writer
+
 class Writer:
     """A trained model together with what its checkpoint knows about the data: the alphabet that
-    turns text into codes, and the normalisation that turns its outputs into pen units."""
+    turns text into codes, and the normalisation (dataset.Normalisation) between the network's
+    offsets and pen units.
 
-    def __init__(self, model, alphabet, offset_mean, offset_std, path=None):
-        self.model, self.alphabet, self.path = model, alphabet, path
-        self.offset_mean = np.asarray(offset_mean, dtype=np.float32)
-        self.offset_std = np.asarray(offset_std, dtype=np.float32)
+    One retry rule for lines and pages. A line stalls when its window does not reach the end of
+    its text within the step cap (rare, but words would be missing); it is then written again,
+    up to `retries` times. Every attempt takes the next seed: the first one `seed`
+    (Writing.seed), each later one the seed after the last one used. write() writes its texts
+    as one batch, so an attempt is one batch (the lines still stalled, each with its own prime);
+    write_page() writes its lines one after another, each primed by the one before, so each
+    attempt at each line takes the next seed. A line that still stalls is kept, marked in
+    Writing.capped, with a warning (warn_stalled). The same seed gives the same lines, and the
+    same page.
+    """
+
+    def __init__(self, model, alphabet, normalisation, path=None):
+        self.model, self.alphabet, self.normalisation, self.path = model, alphabet, normalisation, path
+
+    @classmethod
+    def from_checkpoint(cls, saved, path=None, device="cpu"):
+        """A Writer from a checkpoint that checkpoint.load read."""
+        return cls(checkpoint.build_model(saved, device), saved["alphabet"], dataset.Normalisation.of(saved), path)
 
     @classmethod
     def load(cls, path, device="cpu"):
         """A Writer from a checkpoint file (raises FileNotFoundError or checkpoint.CheckpointError)."""
-        saved = checkpoint.load(path, device)
-        return cls(checkpoint.build_model(saved, device), saved["alphabet"], saved["offset_mean"],
-                   saved["offset_std"], path)
+        return cls.from_checkpoint(checkpoint.load(path, device), path, device)
 
     @property
     def task(self):
         return self.model.config.task
+
+    # ------------------------------------------------------------------------- what the network reads
 
     def start_row(self, num_lines):
         """The first input row of every line: the zero pen offset, pen down, in normalised units.
 
         Every training line starts with this row (raw [0, 0, 0]), so generation starts from it too.
         """
-        row = torch.tensor([0.0, *(-self.offset_mean / self.offset_std)], dtype=torch.float32)
-        return row.expand(num_lines, 3)
-
-    def to_pen_units(self, offsets):
-        """Normalised offsets (n, 3) -> pen units: dx, dy = normalised * std + mean (a new array)."""
-        out = np.array(offsets, dtype=np.float64, copy=True)
-        out[:, 1:] = out[:, 1:] * self.offset_std.astype(np.float64) + self.offset_mean.astype(np.float64)
-        return out
-
-    def normalise(self, offsets):
-        """Pen units (n, 3) -> normalised offsets, the inverse of to_pen_units (a new array)."""
-        out = np.array(offsets, dtype=np.float64, copy=True)
-        out[:, 1:] = (out[:, 1:] - self.offset_mean.astype(np.float64)) / self.offset_std.astype(np.float64)
-        return out
+        row = self.normalisation.from_pen_units(np.zeros(3))
+        return torch.tensor(row, dtype=torch.float32).expand(num_lines, 3)
 
     @property
     def median_step(self):
         """The median in-stroke step of the training data in pen units, as the normalisation implies."""
-        return data_preprocessing.median_step(self.offset_std)
+        return ink.median_step(self.normalisation.std)
+
+    def prime_as_read(self, prime):
+        """A Prime's offsets as the network reads them, in pen units (ink.as_read, at the data's pace)."""
+        return ink.as_read(prime.offsets, self.median_step)[0]
 
     def prime_offsets(self, prime):
-        """A Prime's offsets as the network reads them: without repeated points, rescaled to the
-        data's pace, normalised, and ending with the pen lifted, as every line of the data is. A
-        written line may stop in mid-stroke (Graves' rule does not wait for the pen), and a line
-        primed by it would first finish that stroke, a scribble before its first word."""
-        offsets, _ = data_preprocessing.remove_repeated_points(np.asarray(prime.offsets, dtype=np.float64))
-        offsets = self.normalise(data_preprocessing.rescale_to_pace(offsets, self.median_step))
-        offsets[-1, 0] = 1.0
-        return torch.from_numpy(offsets)
+        """A Prime's offsets as the network reads them, normalised (float64 tensor (T, 3))."""
+        return torch.from_numpy(self.normalisation.from_pen_units(self.prime_as_read(prime)))
 
     def spelled(self, text):
         """`text` with look-alikes for the characters the alphabet lacks (dataset.spelled_in)."""
@@ -224,6 +228,8 @@ class Writer:
             codes.append(dataset.encode_text(text, self.alphabet))
         return dataset.pad(codes, np.int64)
 
+    # ------------------------------------------------------------------------- writing
+
     def write(self, texts, bias=0.0, seed=None, max_points_per_char=MAX_POINTS_PER_CHAR, prime=None,
               retries=RETRIES):
         """Write each text as one line (synthesis), all as one batch; returns a Writing in pen units.
@@ -231,99 +237,88 @@ class Writer:
         bias is Graves' sampling bias (section 5.2): 0 samples the model as trained, larger writes
         more neatly. The same seed gives the same strokes; None draws a fresh one (Writing.seed).
         prime, a Prime (or a list, one per text), is the hand to write in (section 5.5): the
-        network first reads its strokes, its window on the prime's text, then writes on.
-        A line that stalls (its window does not reach the end of its text within the step cap,
-        rare: words would be missing) is written again, the stalled lines of the batch together,
-        with seed + 1, + 2, ... up to `retries` times; one that still stalls is kept, marked in
-        Writing.capped, with a warning. Characters the alphabet lacks are written as look-alikes
-        where there are some (’ as ', é as e: dataset.spelled_in), else as spaces, with a
-        warning; Writing.texts holds the texts as written.
+        network first reads its strokes, its window on the prime's text, then writes on. A line
+        that stalls is written again by the class's retry rule, the stalled lines of the batch
+        together. Characters the alphabet lacks are written as look-alikes where there are some
+        (’ as ', é as e: dataset.spelled_in), else as spaces, with a warning; Writing.texts holds
+        the texts as written.
         """
-        writing = self._write(texts, bias, seed, max_points_per_char, prime)
-        primes = [prime] * len(writing.texts) if prime is None or isinstance(prime, Prime) else list(prime)
-        for attempt in range(1, retries + 1):
-            stalled = [b for b, capped in enumerate(writing.capped) if capped]
-            if not stalled:
-                break
-            again = self._write([writing.texts[b] for b in stalled], bias, writing.seed + attempt,
-                                max_points_per_char, None if prime is None else [primes[b] for b in stalled])
-            for b, line, phi, capped in zip(stalled, again.lines, again.phis, again.capped):
-                writing.lines[b], writing.phis[b], writing.capped[b] = line, phi, capped
-        for b, line_capped in enumerate(writing.capped):
-            if line_capped:
-                warnings.warn(f"line {b} ({writing.texts[b]!r}) hit the step cap of {max_points_per_char} points "
-                              f"per character before its window reached the end of the text, with seeds "
-                              f"{writing.seed} to {writing.seed + retries}; it may be unfinished "
-                              f"(raise --max_points_per_char or try another seed)")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        primes = None if prime is None else [prime] * len(texts) if isinstance(prime, Prime) else list(prime)
+        names = [f"line {b}" for b in range(len(texts))]
+        writing, _ = self._write_to_the_end(texts, primes, bias, fresh_seed() if seed is None else seed,
+                                            max_points_per_char, retries, names)
         return writing
 
-    def _write(self, texts, bias, seed, max_points_per_char, prime):
-        """write() without its retries and warnings for stalled lines.
-
-        A primed line's window reads joined_text(prime.text, text): it walks over the prime's text
-        while the network reads the prime's strokes, then on over the space into the new text, and
-        the line ends by Graves' rule at the end of the whole. Only the new points are returned.
-        """
-        if self.task != "synthesis":
-            raise ValueError(f"{self.path} holds a {self.task} model: it writes no text (use sample)")
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        if any(not text.strip() for text in texts):
-            raise ValueError("cannot write an empty (or whitespace-only) text")
-        texts = [self.spelled(text) for text in texts]
-        primes = [prime] * len(texts) if isinstance(prime, Prime) else prime
-        read = texts if primes is None else [joined_text(self.spelled(p.text), t)
-                                             for p, t in zip(primes, texts, strict=True)]
-        prime_chars = [len(r) - len(t) for r, t in zip(read, texts)]
-        text, text_mask = self.encode(read)
-        seed, generator = self._generator(seed)
-        if primes is None:
-            start, prime_offsets = self.start_row(len(texts)), None
-        else:
-            start, prime_offsets = None, [self.prime_offsets(p) for p in primes]
-        offsets, phis, capped = self.model.generate(start, text=text, text_mask=text_mask, bias=bias,
-                                                    generator=generator, max_points_per_char=max_points_per_char,
-                                                    prime=prime_offsets, prime_chars=prime_chars)
-        lines = [self.to_pen_units(o) for o in offsets]
-        if primes is not None:
-            # Row 0 is the prime's last point. A primed line starts at its first new point, the
-            # origin, as every line of the data does: the pen's jump from the prime is left out.
-            lines = [line[1:] for line in lines]
-            for line in lines:
-                if len(line):
-                    line[0, 1:] = 0
-            phis = [phi[1:, chars:] for phi, chars in zip(phis, prime_chars)]  # over the line's own text
-        return Writing(lines, seed, texts, phis, capped)
-
-    def write_page(self, lines, bias=0.0, seed=None, max_points_per_char=MAX_POINTS_PER_CHAR, prime=None, retries=RETRIES):
+    def write_page(self, lines, bias=0.0, seed=None, max_points_per_char=MAX_POINTS_PER_CHAR, prime=None,
+                   retries=RETRIES):
         """Write the lines of a page one after another, in one hand (wrap_words makes the lines).
 
         Each line is primed by `prime`, or, without one, by the last line of the page written to
-        its end (the first line is then unprimed): a line passes on its style, a stalled one its
-        scribble. No word may be dropped: a line whose window never reached the end of its text
-        (capped) is written again with the next seed, up to `retries` times; one that still
-        stalls is kept, marked in Writing.capped, with a warning. Each attempt takes the next
-        seed, from `seed` (Writing.seed) on, so the same seed gives the same page.
+        its end (the first line is then unprimed): a line passes on its style, a stalled one
+        would pass on its scribble. No word may be dropped: a line that stalls is written again
+        by the class's retry rule, each attempt with the next seed from `seed` (Writing.seed) on.
         """
         lines = [lines] if isinstance(lines, str) else list(lines)
         first_seed = seed = fresh_seed() if seed is None else seed
         written, previous = [], None
         for number, text in enumerate(lines):
-            style = prime if prime is not None else previous
-            for _ in range(retries + 1):
-                attempt = self._write([text], bias, seed, max_points_per_char, style)
-                seed += 1
-                if not attempt.capped[0]:
-                    break
-            else:
-                warnings.warn(f"page line {number} ({text!r}) stalled: its window did not reach the end of the "
-                              f"text within {max_points_per_char} points per character, with seeds "
-                              f"{seed - retries - 1} to {seed - 1}; kept the last, which may miss words "
-                              f"(raise --max_points_per_char or try another seed)")
-            written.append(attempt)
-            if not attempt.capped[0]:
-                previous = Prime(self.as_written(text), attempt.lines[0])
+            hand = prime if prime is not None else previous
+            line, seed = self._write_to_the_end([text], None if hand is None else [hand], bias, seed,
+                                                max_points_per_char, retries, [f"page line {number}"])
+            written.append(line)
+            if not line.capped[0]:
+                previous = Prime(self.as_written(text), line.lines[0])
         return Writing([w.lines[0] for w in written], first_seed, [w.texts[0] for w in written],
                        [w.phis[0] for w in written], [w.capped[0] for w in written])
+
+    def _write_to_the_end(self, texts, primes, bias, seed, max_points_per_char, retries, names):
+        """Write `texts` as a batch (primes: one per text, or None) by the retry rule; a stalled
+        line that stays stalled is warned about by its name in `names`. Returns the Writing and
+        the next seed not yet used."""
+        writing = self._write(texts, primes, bias, seed, max_points_per_char)
+        next_seed = seed + 1
+        stalled = [b for b, capped in enumerate(writing.capped) if capped]
+        for _ in range(retries):
+            if not stalled:
+                break
+            their_primes = None if primes is None else [primes[b] for b in stalled]
+            again = self._write([writing.texts[b] for b in stalled], their_primes, bias, next_seed, max_points_per_char)
+            next_seed += 1
+            for b, line, phi, capped in zip(stalled, again.lines, again.phis, again.capped):
+                writing.lines[b], writing.phis[b], writing.capped[b] = line, phi, capped
+            stalled = [b for b in stalled if writing.capped[b]]
+        for b in stalled:
+            warn_stalled(names[b], writing.texts[b], max_points_per_char, seed, next_seed - 1)
+        return writing, next_seed
+
+    def _write(self, texts, primes, bias, seed, max_points_per_char):
+        """One attempt at writing `texts` as a batch, each after its prime (primes: a list, or None).
+
+        A primed line's window reads dataset.joined_text(prime.text, text): it walks over the
+        prime's text while the network reads the prime's strokes, then on over the space into the
+        new text, and the line ends by Graves' rule at the end of the whole. Only the new points
+        are returned.
+        """
+        if self.task != "synthesis":
+            raise ValueError(f"{self.path} holds a {self.task} model: it writes no text (use sample)")
+        if any(not text.strip() for text in texts):
+            raise ValueError("cannot write an empty (or whitespace-only) text")
+        texts = [self.spelled(text) for text in texts]
+        read = texts if primes is None else [dataset.joined_text(self.spelled(p.text), t)
+                                             for p, t in zip(primes, texts, strict=True)]
+        prime_chars = [len(r) - len(t) for r, t in zip(read, texts)]
+        text, text_mask = self.encode(read)
+        seed, generator = self._generator(seed)
+        start = self.start_row(len(texts)) if primes is None else None
+        read_first = None if primes is None else [self.prime_offsets(p) for p in primes]
+        offsets, phis, capped = self.model.generate(start, text=text, text_mask=text_mask, bias=bias,
+                                                    generator=generator, max_points_per_char=max_points_per_char,
+                                                    prime=read_first, prime_chars=prime_chars)
+        lines = [self.normalisation.to_pen_units(o) for o in offsets]
+        if primes is not None:
+            lines, phis = after_prime(lines, phis, prime_chars)
+        return Writing(lines, seed, texts, phis, capped)
 
     def sample(self, num_lines=4, length=700, bias=0.0, seed=None):
         """num_lines lines of `length` points each from an unconditional (rand_write) model."""
@@ -332,12 +327,23 @@ class Writer:
         seed, generator = self._generator(seed)
         offsets, _, _ = self.model.generate(self.start_row(num_lines), length=length, bias=bias,
                                             generator=generator)
-        return Writing([self.to_pen_units(o) for o in offsets], seed)
+        return Writing([self.normalisation.to_pen_units(o) for o in offsets], seed)
 
     def _generator(self, seed):
         # no seed: a fresh one, kept in the Writing so that a good sample can be drawn again
         seed = seed if seed is not None else fresh_seed()
         return seed, torch.Generator().manual_seed(seed)  # sampling runs on the CPU, whatever the model's device
+
+
+def after_prime(lines, phis, prime_chars):
+    """Primed lines (pen units) and their windows without the prime. Row 0 is the prime's last
+    point: a primed line starts at its first new point, the origin, as every line of the data does
+    (the pen's jump from the prime is left out), and its window is kept over its own text only."""
+    lines = [line[1:] for line in lines]
+    for line in lines:
+        if len(line):
+            line[0, 1:] = 0
+    return lines, [phi[1:, chars:] for phi, chars in zip(phis, prime_chars)]
 
 
 # ----------------------------------------------------------------------------- command line
@@ -464,7 +470,7 @@ def with_primes(writing, primes, writer):
     per_prime = len(writing.lines) // len(primes)
     lines, texts = [], []
     for i, prime in enumerate(primes):
-        lines.append(writer.to_pen_units(writer.prime_offsets(prime).numpy()))
+        lines.append(writer.prime_as_read(prime))
         texts.append(f"prime: {prime.text}")
         lines += writing.lines[i * per_prime:(i + 1) * per_prime]
         texts += writing.texts[i * per_prime:(i + 1) * per_prime]
