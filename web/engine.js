@@ -335,7 +335,7 @@
     }
   }
 
-  const joinedText = (primeText, text) => `${primeText.replace(/\s+$/u, '')} ${text}`;  // generate.joined_text
+  const joinedText = (primeText, text) => `${primeText.replace(/\s+$/u, '')} ${text}`;  // dataset.joined_text
 
   /* generate.wrap_words: lines of at most `width` characters between words; a longer word alone */
   function wrapWords(text, width) {
@@ -387,7 +387,7 @@
   /* Pen-down rows: those after a row that did not end a stroke (data_preprocessing.pen_down_rows). */
   const penDown = (offsets, t) => t > 0 && offsets[t - 1][0] < 0.5;
 
-  /* data_preprocessing.remove_repeated_points: drop pen-down rows of length 0, a removed row
+  /* ink.remove_repeated_points: drop pen-down rows of length 0, a removed row
    * that ended its stroke handing the end to the row before it */
   function withoutRepeatedPoints(offsets) {
     const rows = offsets.map(row => row.slice());
