@@ -400,8 +400,12 @@ def parse_args(argv=None):
     p.add_argument("--feed_rate", type=arguments.RATE, default=plotter.feed_rate, help="G-code: mm per minute, pen down")
     p.add_argument("--pen_up", default=plotter.pen_up, help="G-code: the command that lifts the pen (default %(default)s)")
     p.add_argument("--pen_down", default=plotter.pen_down, help="G-code: the command that lowers it (default %(default)s)")
-    args = arguments.parse(p, argv)
+    return checked(p, arguments.parse(p, argv))
 
+
+def checked(p, args):
+    """The parsed options checked against each other and completed (the texts, default paths);
+    p.error, naming the options, where they do not go together."""
     synthesis_only = [args.text, args.text_file, args.attention_out, args.width, args.prime, args.prime_line]
     if args.task == "synthesis":
         args.texts = read_texts(p, args)
