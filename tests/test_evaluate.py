@@ -11,9 +11,9 @@ from PIL import Image
 
 import dataset
 import evaluate
-from fixtures import train_tiny, write_data_dir
+from fixtures import make_handwriting_data, train_tiny, write_data_dir
 from generate import Writer
-from model import MAX_POINTS_PER_CHAR
+from model import MAX_POINTS_PER_CHAR, sequence_nll
 
 needs_tesseract = pytest.mark.skipif(not evaluate.tesseract_available(),
                                      reason="Tesseract OCR is not installed (apt-get install tesseract-ocr)")
@@ -177,52 +177,148 @@ def test_the_judge_reads_data_normalised_otherwise_the_checkpoints_way(tiny, tmp
     assert "renormalised with the checkpoint's statistics" in capsys.readouterr().out
 
 
+# ----------------------------------------------------------------------------- priming fidelity
+
 def test_style_statistics_by_hand():
     # stroke 1: (0,0) (2,10) (4,20), leaning right by atan(2/10); stroke 2: (9,20) down to (9,10), upright
     offsets = np.array([[0, 0, 0], [0, 2, 10], [1, 2, 10], [0, 5, 0], [1, 0, -10]], float)
     s = evaluate.style(offsets, "ab")
     assert s["width per character"] == pytest.approx(9 / 2)
     assert s["height"] == pytest.approx(20 - 2)  # y sorted 0 10 10 20 20: 5th percentile 2, 95th 20
+    assert s["width per character / height"] == pytest.approx(4.5 / 18)
     lean, length = np.degrees(np.arctan(0.2)), np.hypot(2, 10)
     assert s["slant"] == pytest.approx(lean * 2 * length / (2 * length + 10))
     assert s["strokes per character"] == 1.0
+    assert s["points per character"] == 5 / 2
+    # ten times larger: the ratio, slant, strokes and pace stay, width and height grow tenfold
+    big = evaluate.style(offsets * [1, 10, 10], "ab")
+    assert big["width per character / height"] == pytest.approx(s["width per character / height"])
+    assert big["height"] == pytest.approx(10 * s["height"]) and big["slant"] == pytest.approx(s["slant"])
+    assert evaluate.style_error(3.0, 2.0, "slant") == 1.0 and evaluate.style_error(3.0, 2.0, "height") == 0.5
 
 
-def test_primed_nll_is_the_line_read_on_from_the_state_the_prime_left(tiny):
-    """The primed figure, computed over prime and line in one call, equals reading the prime first and
-    the line from the state it left (the same joined text); the unprimed one is the line's own NLL."""
-    from model import point_nll, split_mixture
+def writers(data, forms):
+    """data with its lines dealt round-robin to `forms` writers: line ids w0-01, w1-01, w0-02 ..."""
+    return dataclasses.replace(data, line_ids=[f"w{i % forms}-{i // forms + 1:02d}" for i in range(len(data))])
+
+
+def test_draw_plan_primes_each_held_out_line_with_the_line_before_and_rivals_from_other_forms(tiny):
+    _, data_dir = tiny
+    data = writers(dataset.load_data(os.path.join(data_dir, "validation.npz")), 3)  # w0: lines 0 3 6; w1: 1 4 7 ...
+    plan = evaluate.draw_plan(data)
+    assert plan.writers == ["w0", "w1", "w2"]
+    assert plan.held_out == [(0, 3), (3, 6), (1, 4), (4, 7), (2, 5)]
+    for (_, line), others in zip(plan.held_out, plan.others):
+        forms = [data.line_ids[i][:2] for i in others]
+        assert len(others) == 2 and len(set(forms)) == 2 and data.line_ids[line][:2] not in forms
+    assert [plan.held_out[i][1] % 3 for i in plan.identified] == [0, 1, 2]  # one line of each writer
+    assert plan == evaluate.draw_plan(data) and plan.pages == []  # fixed draws; no form holds a page
+    with pytest.raises(ValueError, match="two writers"):
+        evaluate.draw_plan(writers(data, 1))
+
+
+def test_primed_nll_is_the_joined_sequence_minus_its_prime_part_by_hand(tiny):
+    """A held-out line's NLL after a prime is the model's NLL of the two lines joined (dataset.joined:
+    texts joined by a space, the pen moved on) less that of the joined sequence's prime part (the
+    prime and the move to the line's start): the line read on from the state the prime left. The
+    judge's per-line figures are the means of these, for the own prime and for the control."""
     path, data_dir = tiny
-    data = dataset.load_data(os.path.join(data_dir, "validation.npz"))
+    data = writers(dataset.load_data(os.path.join(data_dir, "validation.npz")), 2)
     model = Writer.load(path).model
-    primed, alone = evaluate.primed_nll(model, data, 0, 1)
-    joined = dataset.encode_text(f"{data.texts[0].rstrip()} {data.texts[1]}", data.alphabet)
-    text, mask = torch.from_numpy(joined)[None], torch.ones(1, len(joined))
-    prime, line = (torch.from_numpy(data.offsets[i])[None] for i in (0, 1))
-    with torch.no_grad():
-        _, state, _ = model(prime, text, mask)
-        y, _, _ = model(line[:, :-1], text, mask, state=state)
-        expected = point_nll(split_mixture(y), line[:, 1:]).sum().item()
-    assert primed == pytest.approx(expected, rel=1e-5)
-    one_line = dataset.HandwritingData([data.offsets[1]], [data.text_codes[1]], [data.texts[1]], ["x"],
-                                       data.alphabet, data.offset_mean, data.offset_std)
+
+    def by_hand(prime, line):
+        offsets, codes = dataset.joined(data, prime, line)
+        x, text = torch.from_numpy(offsets)[None], torch.from_numpy(codes)[None]
+        rows = len(data.offsets[prime]) + 1  # the prime and the move
+        with torch.no_grad():
+            whole, _ = sequence_nll(model, x, torch.ones(x.shape[:2]), text, torch.ones(text.shape))
+            part, _ = sequence_nll(model, x[:, :rows], torch.ones(1, rows), text, torch.ones(text.shape))
+        return (whole - part).item()
+
+    primed, alone = evaluate.primed_nll(model, data, 0, 2)
+    assert primed == pytest.approx(by_hand(0, 2), rel=1e-5)
+    one_line = dataclasses.replace(data, offsets=[data.offsets[2]], text_codes=[data.text_codes[2]],
+                                   texts=[data.texts[2]], line_ids=["x"])
     assert alone == pytest.approx(dataset.dataset_nll(model, one_line, 1)[0], rel=1e-5)
+    plan = evaluate.draw_plan(data)
+    figures, _ = evaluate.likelihood_figures(model, data, plan, batch_size=3)
+    own = [by_hand(prime, line) for prime, line in plan.held_out]
+    other = [by_hand(others[0], line) for (_, line), others in zip(plan.held_out, plan.others)]
+    points = sum(len(data.offsets[line]) - 1 for _, line in plan.held_out)
+    assert figures["nll_own_per_line"] == pytest.approx(np.mean(own), rel=1e-5)
+    assert figures["nll_other_per_line"] == pytest.approx(np.mean(other), rel=1e-5)
+    assert figures["nll_own_per_point"] == pytest.approx(np.sum(own) / points, rel=1e-5)
+    assert figures["nll_own_per_line"] != pytest.approx(figures["nll_other_per_line"], rel=1e-3)
 
 
-def test_fidelity_reports_each_statistic_unprimed_and_primed(tiny):
+def test_writer_identification_is_the_brute_force_argmin(tiny):
     path, data_dir = tiny
-    data = dataset.load_data(os.path.join(data_dir, "validation.npz"))  # ids line-0 ... : one "form"
-    rows = evaluate.fidelity(Writer.load(path), data, writers=20, lines_per_writer=2)
-    assert [r[0] for r in rows] == ["width per character", "height", "slant", "strokes per character",
-                                    "NLL of the held-out lines, nats per line",
-                                    "the same, primed by another writer's line"]
-    assert all(np.isfinite(r[1]) and np.isfinite(r[2]) for r in rows)
+    data = writers(dataset.load_data(os.path.join(data_dir, "validation.npz")), 3)
     model = Writer.load(path).model
-    expected = np.mean([evaluate.primed_nll(model, data, 0, i) for i in (1, 2)], axis=0)
-    assert rows[-2][1:] == pytest.approx((expected[1], expected[0]))
-    # two writers: each one's held-out lines are also read after the other's line 1
-    two = dataclasses.replace(data, line_ids=[f"{'ab'[i % 2]}-{i}" for i in range(len(data))])
-    rows = evaluate.fidelity(Writer.load(path), two, writers=2, lines_per_writer=1)
-    # form a holds lines 0, 2, ...; form b lines 1, 3, ...: a's line 2 after b's line 1, b's line 3 after a's line 0
-    other = np.mean([evaluate.primed_nll(model, two, 1, 2)[0], evaluate.primed_nll(model, two, 0, 3)[0]])
-    assert rows[-1][2] == pytest.approx(other)
+    plan = evaluate.draw_plan(data)
+    figures, scores = evaluate.likelihood_figures(model, data, plan, batch_size=4)
+    for row, i in zip(scores, plan.identified):
+        prime, line = plan.held_out[i]
+        one_by_one = [evaluate.primed_nll(model, data, candidate, line)[0] for candidate in [prime] + plan.others[i]]
+        assert row == pytest.approx(one_by_one, rel=1e-5)
+    picks = [int(np.argmin(row)) for row in scores]
+    assert evaluate.identify(scores).tolist() == picks
+    assert figures["identification_top1"] == np.mean(np.array(picks) == 0)
+
+
+class ScaleMemory(torch.nn.Module):
+    """A stand-in network that knows one thing about a hand, its size, and carries it: each offset
+    is predicted as a round Gaussian of mean 0 whose spread is the root mean square of all the
+    offsets read so far, prime included."""
+
+    def forward(self, offsets, text, text_mask, state=None):
+        steps = torch.arange(1, offsets.shape[1] + 1)
+        spread = torch.cumsum((offsets[..., 1:] ** 2).mean(-1), 1) / steps
+        y = torch.zeros(*offsets.shape[:2], 7)  # one component: eos, weight, mu x y, log sigma x y, rho
+        y[..., 4] = y[..., 5] = 0.5 * torch.log(spread + 1e-6)
+        return y, None, None
+
+
+def test_writer_identification_names_writers_whose_hands_differ_in_size():
+    """Writers whose ink differs a hundredfold in size, and a network that carries size over from
+    its prime: each line is likeliest after its own writer's prime."""
+    data = writers(make_handwriting_data(16, seed=3), 4)
+    data = dataclasses.replace(data, offsets=[o * np.float32([1, 0.1 * 10 ** (i % 4), 0.1 * 10 ** (i % 4)])
+                                              for i, o in enumerate(data.offsets)])
+    plan = evaluate.draw_plan(data)
+    figures, scores = evaluate.likelihood_figures(ScaleMemory(), data, plan)
+    assert scores.shape == (4, 4) and figures["candidates"] == 4
+    assert figures["identification_top1"] == 1.0
+    assert figures["nll_own_per_line"] < figures["nll_other_per_line"] - 100
+
+
+def test_fidelity_end_to_end_logs_one_row_with_every_figure(tiny, tmp_path, monkeypatch, capsys):
+    """Two writers of 12 lines each, through the command line: every figure of the table is there
+    and finite; a stand-in reader that reads each image as the text it should say gives CER 0 for
+    written and real lines alike (so the images come in the order of their texts); one row is logged."""
+    path, _ = tiny
+    data = writers(make_handwriting_data(24, seed=4), 2)  # w0: lines 0, 2, 4 ...; w1: 1, 3, 5 ...
+    dataset.save_data(tmp_path / "validation.npz", data)
+    written_texts = [data.texts[i] for i in (2, 4, 6, 3, 5, 7)]  # the first 3 held-out lines of each
+    calls = []
+
+    def reader(paths):
+        calls.append(len(paths))
+        return written_texts
+
+    monkeypatch.setattr(evaluate, "tesseract_available", lambda: True)
+    monkeypatch.setattr(evaluate, "read_with_tesseract", reader)
+    log = tmp_path / "judgements.csv"
+    evaluate.main([path, "--data_dir", str(tmp_path), "--fidelity", "--log", str(log)])
+    assert calls == [6, 6, 6]  # unprimed, primed, real
+    with open(log, newline="") as f:
+        [row] = list(csv.DictReader(f))
+    assert row["checkpoint"] == path and row["judged"] == "fidelity"
+    figures = {key[len("fidelity "):]: float(value) for key, value in row.items() if key.startswith("fidelity ")}
+    assert figures["writers"] == 2 and figures["pages"] == 2 and figures["style_lines"] == 6
+    assert figures["unprimed cer"] == figures["primed cer"] == figures["human cer"] == 0.0
+    rows = evaluate.fidelity_table(figures)
+    for name, *values, target, met in rows:
+        assert all(v == "—" or np.isfinite(float(v)) for v in values), name
+    out = capsys.readouterr().out
+    assert all(f"| {name} |" in out for name, *_ in rows)
