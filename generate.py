@@ -436,6 +436,14 @@ def checked(p, args):
     if args.strokes_out and args.strokes_out.endswith(".npy") and args.task == "synthesis" and len(args.texts) > 1:
         p.error("several texts give lines of different lengths: use --strokes_out FILE.npz")
     args.checkpoint = args.checkpoint or checkpoint.default_path(args.task, args.model_dir)
+    outputs = {"--out": args.out, "--strokes_out": args.strokes_out, "--attention_out": args.attention_out}
+    inputs = {"--checkpoint": args.checkpoint, "--prime": args.prime, "--text_file": args.text_file,
+              **{f"--data_dir's {name}": os.path.join(args.data_dir, name) for name in ("train.npz", "validation.npz")}}
+    clash = utils.overwritten_input(outputs, inputs)
+    if clash:  # compared as files, not as spellings: ./a.png, a link to a.png and a.png are one
+        output, other = clash
+        p.error(f"{output} {outputs[output]} and {other} ({({**outputs, **inputs})[other]}) are one file: "
+                f"writing {output} would replace it; name another file")
     return args
 
 

@@ -309,6 +309,34 @@ def start_ranks(args):
 
 # ----------------------------------------------------------------------------- starting
 
+@contextmanager
+def model_dir_lock(args, main):
+    """Hold MODEL_DIR/.<task>.lock for the whole run: one model dir holds one run of a task at a time.
+
+    A second train.py there stops at once, before it reads or writes anything, instead of mixing its
+    checkpoints with the first's. The lock is the kernel's (utils.hold_lock): it goes with the process
+    however that ends, so a crashed run never leaves the folder locked. Holding it, the run removes
+    the temporary files that killed writers left (utils.remove_stale_temporaries)."""
+    if not main:  # rank 0 writes for all
+        yield
+        return
+    os.makedirs(args.model_dir, exist_ok=True)
+    path = os.path.join(args.model_dir, f".{args.task}.lock")
+    try:
+        held = utils.hold_lock(path)
+    except utils.LockHeld as e:
+        raise SystemExit(f"{args.model_dir} holds a {args.task} run in progress (process {e.holder}, {path}): "
+                         "wait for it to end, or give this run another --model_dir.") from None
+    try:
+        for folder in (args.model_dir, Run(args, writes=False).snapshots):
+            removed = utils.remove_stale_temporaries(folder)
+            if removed:
+                print(f"removed {len(removed)} temporary file(s) that a killed process left in {folder}")
+        yield
+    finally:
+        held.close()
+
+
 def start(args, run, model, optimizer, train_data, ranks):
     """The Progress to start from: a fresh run, --resume (everything back as it was) or --init_from
     (weights only). Never overwrites another run's files without --resume."""
@@ -395,7 +423,8 @@ def train(args):
         raise SystemExit("--tbptt is for one process: the ranks would take different numbers of steps. "
                          "Run without torchrun, or without --tbptt.")
     try:
-        result = train_ranks(args, ranks)
+        with model_dir_lock(args, ranks.main):
+            result = train_ranks(args, ranks)
         if ranks.size > 1:
             dist.barrier()  # rank 0 may still be writing; leave together
         return result

@@ -7,6 +7,7 @@ Figure directly, not pyplot: they neither need nor change the global backend.
 """
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -24,17 +25,22 @@ def set_threads(threads):
         threadpoolctl.threadpool_limits(threads, user_api="blas")
 
 
+TEMPORARY_PREFIX = ".tmp-"
+
+
 @contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
-    A crash or error leaves the old file (or no file) in place, never a half-written one.
+    A crash or error leaves the old file (or no file) in place, never a half-written one. The
+    temporary name, .tmp-<pid>-<random><extension>, says which process writes it, so that what a
+    killed process left behind can be told from a live write (remove_stale_temporaries).
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     suffix = os.path.splitext(path)[1]  # keep the extension: np.savez and savefig look at it
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-", suffix=suffix)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -54,6 +60,94 @@ def same_file(a, b):
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (yet)
         return os.path.realpath(a) == os.path.realpath(b)
+
+
+def overwritten_input(outputs, inputs):
+    """The first pair of names (output, other) whose paths are one file (same_file): an output that
+    is one of the inputs, or two outputs that are one file; None if there is none.
+
+    outputs, inputs: {name (e.g. a flag): path or None}; None paths are skipped.
+    """
+    named_outputs = [(name, path) for name, path in outputs.items() if path]
+    named_inputs = [(name, path) for name, path in inputs.items() if path]
+    for i, (name, path) in enumerate(named_outputs):
+        for other, other_path in named_inputs + named_outputs[:i]:
+            if same_file(path, other_path):
+                return name, other
+    return None
+
+
+class LockHeld(Exception):
+    """Another live process holds the lock; `holder` is what it wrote there (its process id)."""
+
+    def __init__(self, holder):
+        super().__init__(holder)
+        self.holder = holder
+
+
+def hold_lock(path):
+    """Take the exclusive lock on file `path` (made if missing) and write this process's id into it.
+
+    Returns the open file, which holds the lock until it is closed or the process ends, however it
+    ends: the lock is the kernel's (flock), so a crash never leaves it held, and two processes
+    taking it at the same moment cannot both get it. Raises LockHeld if a live process holds it.
+    Without fcntl (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return open(os.devnull, "w")
+    held = open(path, "a+")
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        held.seek(0)
+        holder = held.read(100).strip() or "unknown"
+        held.close()
+        raise LockHeld(holder) from None
+    held.truncate(0)
+    held.write(f"{os.getpid()}\n")
+    held.flush()
+    return held
+
+
+def process_alive(pid):
+    """Whether process `pid` runs (on this machine); where that cannot be asked, assume it does."""
+    if os.name != "posix":  # os.kill(pid, 0) would end the process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # none by that number; a number no process has
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+STALE_AFTER_SECONDS = 3600  # temporaries without a writer's pid (older code's) go once this old
+
+
+def remove_stale_temporaries(folder):
+    """Remove the temporaries that atomic_path writers left in `folder` when they were killed: those
+    whose writer (the pid in the name) no longer runs, and those of older code (no pid in the name)
+    untouched for an hour; a live writer's are kept. Returns the names removed."""
+    removed = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, name)
+        if not name.startswith(TEMPORARY_PREFIX) or not os.path.isfile(path):
+            continue
+        writer, dash, _ = name[len(TEMPORARY_PREFIX):].partition("-")
+        if writer.isdigit() and dash:
+            stale = not process_alive(int(writer))
+        else:
+            stale = time.time() - os.path.getmtime(path) > STALE_AFTER_SECONDS
+        if stale:
+            try:
+                os.remove(path)
+                removed.append(name)
+            except FileNotFoundError:  # its writer renamed or removed it meanwhile
+                pass
+    return removed
 
 
 def picture_format(path):

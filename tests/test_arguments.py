@@ -1,6 +1,8 @@
 """Every number a user passes is checked where it is parsed: finite, in range, refused in one
-sentence that names the flag and the range; every script's numeric options use such a check."""
+sentence that names the flag and the range; every script's numeric options use such a check. And
+no command's outputs are its inputs (compared as files, not spellings) or a file it did not make."""
 import argparse
+import os
 
 import pytest
 import torch
@@ -126,3 +128,52 @@ def test_validation_fraction_outside_0_1_gets_the_range_sentence(capsys):
             data_preprocessing.main(["--strokes", "s.npy", "--validation_fraction", text])
         assert exit.value.code == 2
         assert f"--validation_fraction must be " in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- outputs against inputs
+
+@pytest.mark.parametrize("flags, clash", [
+    (["--out", "{d}/a.png", "--attention_out", "{d}/a.png"], "--attention_out {d}/a.png and --out"),
+    (["--out", "{d}/a.png", "--attention_out", "{d}/./a.png"], "--attention_out {d}/./a.png and --out"),
+    (["--out", "{d}/link.svg", "--prime", "{d}/prime.svg"], "--out {d}/link.svg and --prime"),
+    (["--strokes_out", "{d}/data/validation.npz", "--prime_line", "a01"], "--strokes_out {d}/data/validation.npz and "
+                                                                           "--data_dir's validation.npz"),
+    (["--out", "{d}/texts.svg", "--text_file", "{d}/texts.svg"], "--out {d}/texts.svg and --text_file"),
+])
+def test_generate_never_writes_over_its_inputs_or_one_output_over_another(tmp_path, flags, clash, capsys):
+    (tmp_path / "prime.svg").write_text("{}")  # an ink file under a name that could be a picture's
+    os.symlink(tmp_path / "prime.svg", tmp_path / "link.svg")
+    (tmp_path / "texts.svg").write_text("ab\n")
+    argv = ["--data_dir", str(tmp_path / "data"), *[flag.format(d=tmp_path) for flag in flags]]
+    if "--text_file" not in flags:
+        argv += ["--text", "ab"]
+    line = refusal(generate.parse_args, argv, capsys)
+    assert clash.format(d=tmp_path) in line and "are one file: writing" in line
+    assert (tmp_path / "prime.svg").read_text() == "{}"
+
+
+def test_evaluate_appends_only_to_its_own_log(tmp_path, capsys):
+    notes = tmp_path / "README.md"
+    notes.write_text("# notes\n")
+    other_csv = tmp_path / "other.csv"
+    other_csv.write_text("name,value\na,1\n")
+    for log, fault in [(notes, "the log is a CSV file"), (tmp_path / "x.pt", "the log is a CSV file"),
+                       (other_csv, "is not a log this script wrote"), (tmp_path, "the log is a CSV file"),
+                       (notes / "log.csv", f"{notes} is a file, not a folder")]:
+        line = refusal(evaluate.parse_args, ["x.pt", "--log", str(log)], capsys)
+        assert f"--log {log}: {fault}" in line
+    own = tmp_path / "judgements.csv"
+    evaluate.append_rows(str(own), [{"checkpoint": "a.pt", "task": "synthesis", "nats_per_line": -1000.0}])
+    assert evaluate.parse_args(["x.pt", "--log", str(own)]).log == str(own)  # its own log: appended to
+    assert evaluate.parse_args(["x.pt", "--log", str(tmp_path / "new" / "log.csv")]).log  # a new one
+    assert notes.read_text() == "# notes\n" and other_csv.read_text() == "name,value\na,1\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_evaluate_refuses_a_log_it_could_not_write_before_judging(tmp_path, capsys):
+    tmp_path.chmod(0o555)
+    try:
+        line = refusal(evaluate.parse_args, ["x.pt", "--log", str(tmp_path / "log.csv")], capsys)
+        assert "is not writable" in line
+    finally:
+        tmp_path.chmod(0o755)

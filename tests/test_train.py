@@ -13,6 +13,7 @@ import torch
 
 import checkpoint as checkpoint_module
 import dataset
+import kernels
 import model as model_module
 import train
 from dataset import dataset_nll
@@ -597,9 +598,9 @@ def test_precision_flags_choose_the_autocast_dtype():
     """auto: bf16 exactly where this CPU has bf16 matrix products; fp32 and bf16 as asked, and bf16
     refused with a sentence (not oneDNN's traceback) where the CPU lacks it."""
     supported = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert model_module.bf16_supported("cpu") == supported
+    assert kernels.bf16_supported("cpu") == supported
     for precision, expected in [("auto", supported), ("fp32", False)] + ([("bf16", True)] if supported else []):
-        with model_module.autocast("cpu", precision):
+        with kernels.autocast("cpu", precision):
             assert torch.is_autocast_enabled("cpu") == expected, precision
             if expected:
                 assert torch.get_autocast_dtype("cpu") == torch.bfloat16
@@ -607,7 +608,7 @@ def test_precision_flags_choose_the_autocast_dtype():
 
 def test_bf16_is_refused_with_a_sentence_where_the_cpu_lacks_it(tmp_path, data_dir, monkeypatch):
     """On a CPU without bf16 (AVX2 only), --precision bf16 stops before training, naming the fix."""
-    monkeypatch.setattr(model_module, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(kernels, "bf16_supported", lambda device: False)
     with pytest.raises(SystemExit, match="no bf16 support.*--precision fp32"):
         train.train(train.parse_args(["--data_dir", data_dir, "--model_dir", str(tmp_path), "--precision", "bf16",
                                       "--max_steps", "1", *TINY_MODEL]))
@@ -1085,3 +1086,58 @@ def test_joined_lines_train_differently_and_resume_exactly_with_tbptt_distortion
     for name in kept:
         a, b = (checkpoint_module.load(tmp_path / run_dir / "snapshots" / name)["model"] for run_dir in "ab")
         assert same_weights(a, b), name
+
+
+# ----------------------------------------------------------------------------- one run per model dir
+
+import signal  # noqa: E402 (this section's own)
+import time  # noqa: E402
+
+import utils  # noqa: E402
+
+
+def test_a_second_run_in_a_model_dir_in_use_stops_before_writing_anything(tmp_path, data_dir):
+    """The lock is taken before the "already holds a run" check, so two runs started at the same
+    moment cannot both pass it: the second stops with a sentence naming the first's process."""
+    tmp_path.mkdir(exist_ok=True)
+    held = utils.hold_lock(tmp_path / ".rand_write.lock")  # a run in progress, as far as the lock says
+    try:
+        with pytest.raises(SystemExit, match=f"holds a rand_write run in progress \\(process {os.getpid()}"):
+            run(data_dir, tmp_path, "rand_write", "--max_steps", "1")
+        assert not (tmp_path / "rand_write_last.pt").exists()
+        _, progress = run(data_dir, tmp_path, "synthesis", "--max_steps", "1")  # another task's run may go on
+        assert progress.step == 1
+    finally:
+        held.close()
+    _, progress = run(data_dir, tmp_path, "rand_write", "--max_steps", "1")  # the lock let go: it runs
+    assert progress.step == 1
+
+
+def test_a_killed_runs_lock_is_taken_over_and_its_temporaries_removed(tmp_path, data_dir):
+    """A run killed mid-save leaves its lock file (with its pid) and a .tmp-<pid>-* file: the next
+    run takes the lock and removes the dead writer's temporaries, a live writer's stay."""
+    snapshots = tmp_path / "snapshots"
+    snapshots.mkdir(parents=True)
+    child = os.fork()
+    if child == 0:  # the doomed run: takes the lock, starts a save, and is killed
+        try:
+            utils.hold_lock(tmp_path / ".rand_write.lock")
+            with utils.atomic_path(snapshots / "rand_write_step5.pt") as tmp:
+                open(tmp, "w").write("half")
+                os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(1)  # never back into pytest
+    os.waitpid(child, 0)
+    (tmp_path / f".tmp-{child}-abc.pt").write_text("half")
+    live = tmp_path / f".tmp-{os.getpid()}-def.pt"  # this process is writing it
+    live.write_text("being written")
+    old_style, fresh_old_style = tmp_path / ".tmp-ghi.pt", tmp_path / ".tmp-jkl.pt"
+    old_style.write_text("old")
+    fresh_old_style.write_text("new")
+    os.utime(old_style, (time.time() - 7200, time.time() - 7200))
+    assert (tmp_path / ".rand_write.lock").read_text().strip() == str(child)
+    assert [name for name in os.listdir(snapshots) if name.startswith(f".tmp-{child}-")]
+    _, progress = run(data_dir, tmp_path, "rand_write", "--max_steps", "1")
+    assert progress.step == 1
+    left = sorted(name for folder in (tmp_path, snapshots) for name in os.listdir(folder) if name.startswith(".tmp-"))
+    assert left == sorted([live.name, fresh_old_style.name])
