@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ import torch
 import arguments
 import checkpoint
 import dataset
+import ink
 import utils
 from generate import Prime, Writer
 from model import MAX_POINTS_PER_CHAR, point_nll, split_mixture
@@ -143,77 +145,330 @@ def legibility(writer, data, lines, bias, seed, batch_size=50, read=read_with_te
 
 
 # ----------------------------------------------------------------------------- priming fidelity
+#
+# Does priming (Graves, section 5.5) carry a writer's hand? An IAM-OnDB form is one writer's
+# consecutive lines. Every line of a form after its first is held out and primed by the line just
+# before it, as a page is written on; its likelihood is taken alone, after that line, and after
+# other writers' lines; lines are written in the hand and compared with the real ones.
+
+CANDIDATES = 10      # primes a held-out line is scored after to name its writer: its own, 9 others
+STYLE_LINES = 3      # held-out lines per writer written at the bias, unprimed and primed
+PAGE_LINES = 10      # lines of a page written in one writer's hand (drift)
+PAGES = 5            # such pages, from forms long enough to hold one
+FIDELITY_SEED = 0    # draws of writers, rival primes and pages: the same for every checkpoint
+TARGETED_STYLE = ("slant", "width per character / height", "strokes per character", "points per character")
+
 
 def style(offsets, text):
     """A line's style in numbers (pen units): width per character, height (the 5th to 95th
-    percentile of y), slant (degrees from upright of the near-vertical pen-down steps, positive
-    leaning right, weighted by length) and pen strokes per character."""
+    percentile of y), their ratio (free of the line's scale), slant (degrees from upright of the
+    near-vertical pen-down steps, positive leaning right, weighted by length), pen strokes per
+    character, and the pace: points (rows of offsets) per character."""
     strokes = utils.offsets_to_strokes(offsets)
     points = np.concatenate(strokes)
     steps = np.concatenate([np.diff(s, axis=0) for s in strokes if len(s) > 1] or [np.zeros((0, 2))])
     upright = steps[np.abs(steps[:, 1]) > np.abs(steps[:, 0])]
     lengths = np.hypot(upright[:, 0], upright[:, 1])
     slant = np.degrees(np.arctan(upright[:, 0] / upright[:, 1]))
-    return {"width per character": np.ptp(points[:, 0]) / len(text),
-            "height": np.percentile(points[:, 1], 95) - np.percentile(points[:, 1], 5),
+    width = np.ptp(points[:, 0]) / len(text)
+    height = np.percentile(points[:, 1], 95) - np.percentile(points[:, 1], 5)
+    return {"width per character": width, "height": height,
+            "width per character / height": width / height if height > 0 else np.nan,
             "slant": float(np.average(slant, weights=lengths)) if len(lengths) else 0.0,
-            "strokes per character": len(strokes) / len(text)}
+            "strokes per character": len(strokes) / len(text), "points per character": len(offsets) / len(text)}
+
+
+def style_error(written, real, statistic):
+    """How far `written` is from `real`: in degrees for slant, else relative to the real value."""
+    return abs(written - real) if statistic == "slant" else abs(written - real) / abs(real)
+
+
+def pair_sequence(data, prime, line):
+    """What the network reads to score `line` after `prime`: (offsets, text codes, rows of the
+    prime). The two lines are joined as training joins a writer's consecutive lines (dataset.joined:
+    texts joined by one space, the pen lifted and moved on to the right); prime None: the line alone."""
+    if prime is None:
+        return data.offsets[line], data.text_codes[line], 0
+    offsets, codes = dataset.joined(data, prime, line)
+    return offsets, codes, len(data.offsets[prime])
 
 
 @torch.no_grad()
+def pair_nlls(model, data, pairs, batch_size=50):
+    """NLL (nats) of line `line` of data after the network has read line `prime` teacher-forced,
+    for each (prime, line) in pairs (prime None: the line alone). Every pair counts the same
+    predictions, the line's points after its first (the move from the prime's end is not scored),
+    so figures with and without a prime compare. Pairs of similar length go through the network
+    together. Returns (nats (N,), points scored (N,))."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters(), torch.empty(0)).device
+    sequences = [pair_sequence(data, prime, line) for prime, line in pairs]
+    nats, points = np.zeros(len(pairs)), np.zeros(len(pairs))
+    for batch in dataset.make_batches([len(s[0]) for s in sequences], batch_size):
+        offsets, mask = dataset.pad([sequences[i][0] for i in batch], np.float32)
+        text, text_mask = dataset.pad([sequences[i][1] for i in batch], np.int64)
+        scored = mask[:, 1:].clone()  # target j is row j + 1: the line's row 1 is target `prime rows`
+        for b, i in enumerate(batch):
+            scored[b, :sequences[i][2]] = 0
+        y, _, _ = model(offsets[:, :-1].to(device), text.to(device), text_mask.to(device))
+        nll = point_nll(split_mixture(y), offsets[:, 1:].to(device)).cpu() * scored
+        nats[batch], points[batch] = nll.sum(1).double().numpy(), scored.sum(1).numpy()
+    model.train(was_training)
+    return nats, points
+
+
 def primed_nll(model, data, prime, line):
-    """NLL (nats) of validation line `line` after the network has read line `prime` (teacher-forced;
-    the window reads the two texts joined by a space, as generate.py primes), and of the line alone.
-    Both count the same predictions: the line's points after its first."""
-    joined = dataset.encode_text(f"{data.texts[prime].rstrip()} {data.texts[line]}", data.alphabet)
-    alone = dataset.encode_text(data.texts[line], data.alphabet)
-    result = []
-    for offsets, codes, skip in [(np.concatenate([data.offsets[prime], data.offsets[line]]), joined,
-                                  len(data.offsets[prime])), (data.offsets[line], alone, 0)]:
-        x = torch.from_numpy(offsets)[None]
-        text = torch.from_numpy(codes)[None]
-        y, _, _ = model(x[:, :-1], text, torch.ones(text.shape))
-        result.append(point_nll(split_mixture(y), x[:, 1:])[0, skip:].sum().item())
-    return result
+    """NLL (nats) of line `line` after line `prime` (pair_nlls), and of the line alone."""
+    nats, _ = pair_nlls(model, data, [(prime, line), (None, line)])
+    return nats.tolist()
 
 
-def fidelity(writer, data, writers=20, lines_per_writer=3, bias=1.0, seed=0):
-    """How much a prime makes the model write like its writer. For each of `writers` validation
-    forms (one writer each, drawn with numpy seed 0), line 1 primes; up to `lines_per_writer` other
-    lines are written primed and unprimed (their texts), and their likelihood is taken both ways, and
-    after a line of the next chosen writer instead (the control: what priming does without the hand).
-    Returns rows of (statistic, mean |unprimed - real|, mean |primed - real|) over the writers, the
-    real value being the mean over the writer's held-out lines."""
+def forms_of(line_ids):
+    """Line indices by form, {form id: [indices in line order]}: a01-000u-01 is line 1 of form a01-000u."""
     forms = {}
-    for i, line_id in enumerate(data.line_ids):
-        forms.setdefault(line_id.rsplit("-", 1)[0], []).append(i)
-    chosen = np.random.default_rng(0).choice(sorted(forms), min(writers, len(forms)), replace=False)
-    errors = {"unprimed": [], "primed": []}
-    nll = {"unprimed": 0.0, "primed": 0.0, "other": 0.0, "lines": 0}
-    for number, form in enumerate(chosen):
-        prime_index, *held_out = forms[form]
-        other_prime = forms[chosen[(number + 1) % len(chosen)]][0]  # the next writer's line 1: the control
-        held_out = held_out[:lines_per_writer]
-        texts = [data.texts[i] for i in held_out]
-        to_pen = data.normalisation.to_pen_units
-        real = {k: np.mean([style(to_pen(data.offsets[i]), data.texts[i])[k] for i in held_out])
-                for k in style(to_pen(data.offsets[held_out[0]]), texts[0])}
-        prime = Prime(data.texts[prime_index], to_pen(data.offsets[prime_index]))
-        for kind, primed_by in [("unprimed", None), ("primed", prime)]:
-            written = writer.write(texts, bias=bias, seed=seed + number, prime=primed_by)
-            stats = [style(line, text) for line, text in zip(written.lines, texts)]
-            errors[kind].append({k: abs(np.mean([s[k] for s in stats]) - real[k]) / (1 if k == "slant" else real[k])
-                                 for k in real})
-        for i in held_out:
-            primed, alone = primed_nll(writer.model, data, prime_index, i)
-            other, _ = primed_nll(writer.model, data, other_prime, i)
-            for key, value in [("primed", primed), ("unprimed", alone), ("other", other), ("lines", 1)]:
-                nll[key] += value
-    rows = [(k, np.mean([e[k] for e in errors["unprimed"]]), np.mean([e[k] for e in errors["primed"]]))
-            for k in errors["primed"][0]]
-    rows.append(("NLL of the held-out lines, nats per line", nll["unprimed"] / nll["lines"], nll["primed"] / nll["lines"]))
-    rows.append(("the same, primed by another writer's line", nll["unprimed"] / nll["lines"], nll["other"] / nll["lines"]))
+    for i in sorted(range(len(line_ids)), key=lambda i: line_ids[i]):
+        forms.setdefault(line_ids[i].rsplit("-", 1)[0], []).append(i)
+    return forms
+
+
+@dataclass
+class FidelityPlan:
+    """What the fidelity judge scores and writes, drawn once (FIDELITY_SEED) from the line ids."""
+    writers: list     # the forms judged, each one writer with two lines or more
+    held_out: list    # (prime, line): each line of a judged form after its first, and the line before it
+    others: list      # for each held-out line, lines of other writers (one per form), first the control
+    identified: list  # one held-out entry per writer, named among its prime and its `others`
+    pages: list       # forms with a line to prime and PAGE_LINES more to write as a page
+
+
+def draw_plan(data, writers=None):
+    """The FidelityPlan for `writers` forms with two lines or more (None: all of them)."""
+    rng = np.random.default_rng(FIDELITY_SEED)
+    forms = forms_of(data.line_ids)
+    eligible = sorted(form for form, lines in forms.items() if len(lines) >= 2)
+    if len(eligible) < 2:
+        raise ValueError(f"the fidelity judge needs two writers (forms) with two lines or more; the data has "
+                         f"{len(eligible)} (line ids name their form: a01-000u-01 is line 1 of form a01-000u)")
+    if writers is not None and writers < len(eligible):
+        eligible = sorted(rng.choice(eligible, writers, replace=False).tolist())
+    held_out, others, identified = [], [], []
+    for form in eligible:
+        lines = forms[form]
+        identified.append(len(held_out) + int(rng.integers(len(lines) - 1)))
+        for prime, line in zip(lines, lines[1:]):
+            rivals = rng.choice([f for f in sorted(forms) if f != form], min(CANDIDATES - 1, len(forms) - 1),
+                                replace=False)
+            held_out.append((prime, line))
+            others.append([forms[f][int(rng.integers(len(forms[f])))] for f in rivals])
+    long_forms = [form for form in eligible if len(forms[form]) > PAGE_LINES]
+    pages = sorted(rng.choice(long_forms, min(PAGES, len(long_forms)), replace=False).tolist())
+    return FidelityPlan(eligible, held_out, others, identified, pages)
+
+
+def likelihood_figures(model, data, plan, batch_size=50):
+    """The held-out lines' NLL alone, after their own prime and after the control (another writer's
+    line), in nats per line and per point; and writer identification: each `identified` line's
+    candidates, its own prime first, scored, the likeliest named (top-1 accuracy).
+    Returns (figures, scores (identified lines, candidates) in nats)."""
+    lines = [line for _, line in plan.held_out]
+    control = [(others[0], line) for others, line in zip(plan.others, lines)]
+    rivals = [(other, lines[i]) for i in plan.identified for other in plan.others[i][1:]]
+    nats, points = pair_nlls(model, data, [(None, line) for line in lines] + plan.held_out + control + rivals,
+                             batch_size)
+    n = len(lines)
+    figures = {}
+    for number, name in enumerate(["alone", "own", "other"]):
+        part = slice(number * n, (number + 1) * n)
+        figures[f"nll_{name}_per_line"] = nats[part].sum() / n
+        figures[f"nll_{name}_per_point"] = nats[part].sum() / points[part].sum()
+    scores = np.column_stack([nats[n:2 * n][plan.identified], nats[2 * n:3 * n][plan.identified],
+                              nats[3 * n:].reshape(len(plan.identified), -1)])
+    figures.update(held_out_lines=n, identified_lines=len(plan.identified), candidates=scores.shape[1],
+                   identification_top1=float(np.mean(identify(scores) == 0)))
+    return figures, scores
+
+
+def identify(scores):
+    """For each row of candidate NLLs, the candidate that makes the line likeliest (the least NLL)."""
+    return np.argmin(scores, axis=1)
+
+
+def pen_units(data, line):
+    """Line `line` of data in pen units."""
+    return data.normalisation.to_pen_units(data.offsets[line])
+
+
+def form_of(line_id):
+    return line_id.rsplit("-", 1)[0]
+
+
+def write_in_batches(writer, texts, primes, bias, seed, batch_size=50):
+    """Writer.write over texts (primes: one Prime per text, or None), texts of similar length
+    together, each batch with seed + its number, stalled lines kept as they came (retries=0).
+    Returns (lines in pen units in the order of texts, capped flags)."""
+    lines, capped = [None] * len(texts), [None] * len(texts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stalled lines are counted by the caller
+        for number, batch in enumerate(dataset.make_batches([len(t) for t in texts], batch_size)):
+            writing = writer.write([texts[i] for i in batch], bias=bias, seed=seed + number, retries=0,
+                                   prime=None if primes is None else [primes[i] for i in batch])
+            for b, i in enumerate(batch):
+                lines[i], capped[i] = writing.lines[b], writing.capped[b]
+    return lines, capped
+
+
+def style_errors(written, real, writer_of):
+    """{statistic: mean over writers of style_error(the mean over its written lines, the mean over
+    its real lines)}; written, real: style() of the same lines, writer_of: each line's writer."""
+    writer_of = np.asarray(writer_of)
+    errors = {}
+    for statistic in real[0]:
+        per_writer = []
+        for w in np.unique(writer_of):
+            mine = np.flatnonzero(writer_of == w)
+            per_writer.append(style_error(np.nanmean([written[i][statistic] for i in mine]),
+                                          np.nanmean([real[i][statistic] for i in mine]), statistic))
+        errors[statistic] = float(np.nanmean(per_writer))
+    return errors
+
+
+def read_lines(lines, texts, read, workdir=None):
+    """The CER of `read` (read_with_tesseract) on lines (pen units) drawn by render_line."""
+    with tempfile.TemporaryDirectory(dir=workdir) as folder:
+        paths = [os.path.join(folder, f"{i}.png") for i in range(len(lines))]
+        for line, path in zip(lines, paths):
+            render_line(line, path)
+        return character_error_rate(read(paths), texts)
+
+
+def written_figures(writer, data, plan, bias, seed, batch_size=50, read=None, workdir=None):
+    """Up to STYLE_LINES held-out lines of each writer written at `bias`, unprimed and primed by
+    the line before them: their style errors against the writer's real lines (style_errors; the
+    real lines rescaled to the data's pace as a prime is, which changes only height and width),
+    how many stalled, and, given a reader (read_with_tesseract), the CER of the written lines and of
+    the real lines of the same texts."""
+    chosen = [entry for form in plan.writers
+              for entry in [e for e in plan.held_out if form_of(data.line_ids[e[1]]) == form][:STYLE_LINES]]
+    writer_of = [form_of(data.line_ids[line]) for _, line in chosen]
+    texts = [data.texts[line] for _, line in chosen]
+    primes = [Prime(data.texts[prime], pen_units(data, prime)) for prime, _ in chosen]
+    real = [style(ink.rescale_to_pace(pen_units(data, line), writer.median_step), text)
+            for (_, line), text in zip(chosen, texts)]
+    figures = {"style_lines": len(texts)}
+    written = {}
+    for kind, kind_primes in [("unprimed", None), ("primed", primes)]:
+        written[kind], capped = write_in_batches(writer, texts, kind_primes, bias, seed, batch_size)
+        errors = style_errors([style(line, text) for line, text in zip(written[kind], texts)], real, writer_of)
+        figures.update({f"{kind} error: {statistic}": error for statistic, error in errors.items()})
+        figures[f"{kind} stalled"] = int(sum(capped))
+    if read is not None:
+        written["human"] = [pen_units(data, line) for _, line in chosen]
+        figures.update({f"{kind} cer": read_lines(lines, texts, read, workdir) for kind, lines in written.items()})
+    return figures
+
+
+def drift_figures(writer, data, plan, bias, seed):
+    """Pages of PAGE_LINES lines written by Writer.write_page in one writer's hand (primed by the
+    form's first line, the texts of its next lines), one per plan.pages form: how far the style
+    of a page's last line is from its first's (style_error, the mean over pages), and the same for
+    the writer's own lines of those texts."""
+    forms = forms_of(data.line_ids)
+    drift = {"page": [], "human": []}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a stalled page line is written again, up to write_page's retries
+        for number, form in enumerate(plan.pages):
+            prime, *lines = forms[form][:PAGE_LINES + 1]
+            page = writer.write_page([data.texts[i] for i in lines], bias=bias, seed=seed + number,
+                                     prime=Prime(data.texts[prime], pen_units(data, prime)))
+            for kind, ink in [("page", page.lines), ("human", [pen_units(data, i) for i in lines])]:
+                first, last = style(ink[0], data.texts[lines[0]]), style(ink[-1], data.texts[lines[-1]])
+                drift[kind].append({s: style_error(last[s], first[s], s) for s in first})
+    figures = {"pages": len(plan.pages)}
+    for kind, rows in drift.items():
+        figures.update({f"{kind} drift: {s}": float(np.mean([row[s] for row in rows])) if rows else np.nan
+                        for s in TARGETED_STYLE})
+    return figures
+
+
+def fidelity(writer, data, writers=None, bias=1.0, seed=0, batch_size=50, read=None, workdir=None, say=print):
+    """Whether priming carries the writer's hand, on `writers` validation forms with two lines or
+    more (drawn with FIDELITY_SEED; None: all): likelihood_figures, written_figures at `bias` and
+    `seed` (CER only given a reader) and drift_figures. Says how long each part took. Returns one
+    dict of figures (fidelity_table lays it out)."""
+    plan = draw_plan(data, writers)
+    say(f"fidelity: {len(plan.writers)} writers, {len(plan.held_out)} held-out lines, "
+        f"{len(plan.identified)} named among {min(CANDIDATES, len(forms_of(data.line_ids)))} primes, "
+        f"{len(plan.pages)} pages of {PAGE_LINES} lines; bias {bias}, seed {seed}")
+    figures = {"writers": len(plan.writers), "bias": bias, "seed": seed}
+    for name, part in [("likelihood and writer identification", lambda: likelihood_figures(writer.model, data, plan, batch_size)[0]),
+                       ("lines written unprimed and primed" + (", read by Tesseract" if read else ""),
+                        lambda: written_figures(writer, data, plan, bias, seed, batch_size, read, workdir)),
+                       ("pages written in one hand", lambda: drift_figures(writer, data, plan, bias, seed))]:
+        started = time.time()
+        figures.update(part())
+        say(f"fidelity: {name}, {time.time() - started:.0f} s")
+    return figures
+
+
+def fidelity_table(figures):
+    """The figures as rows (measure, unprimed or alone, primed by the writer, control, target, met),
+    numbers as text; the targets are issue 48's. Controls: the held-out lines after another
+    writer's line; chance; the real lines."""
+    f = lambda key, digits=3: "—" if not np.isfinite(figures.get(key, np.nan)) else f"{figures[key]:.{digits}f}"
+    get = lambda key: figures.get(key, np.nan)
+    met = lambda ok: "yes" if ok else "no"
+    alone, own, other = get("nll_alone_per_line"), get("nll_own_per_line"), get("nll_other_per_line")
+    candidates = int(figures.get("candidates", CANDIDATES))
+    rows = [("NLL of held-out lines, nats per line (control: after another writer's line)",
+             f("nll_alone_per_line", 1), f("nll_own_per_line", 1), f("nll_other_per_line", 1),
+             "primed ≤ alone − 20 and ≤ control − 40", met(own <= alone - 20 and own <= other - 40)),
+            ("the same, nats per point", f("nll_alone_per_point", 4), f("nll_own_per_point", 4),
+             f("nll_other_per_point", 4), "", ""),
+            (f"writer named by likelihood among {candidates} primes, top-1 (control: chance)", "—",
+             f("identification_top1"), f"{1 / candidates:.3f}", "≥ 0.60", met(get("identification_top1") >= 0.6))]
+    for statistic in TARGETED_STYLE + ("height",):
+        unprimed, primed = get(f"unprimed error: {statistic}"), get(f"primed error: {statistic}")
+        targeted = statistic in TARGETED_STYLE
+        rows.append((f"{statistic}, error" + (" in degrees" if statistic == "slant" else "")
+                     + ("" if targeted else " (the data's pace)"), f(f"unprimed error: {statistic}"),
+                     f(f"primed error: {statistic}"), "—", "primed ≤ ½ unprimed" if targeted else "",
+                     met(primed <= unprimed / 2) if targeted else ""))
+    cer = [get(f"{kind} cer") for kind in ("unprimed", "primed", "human")]
+    rows.append(("Tesseract CER (control: the real lines)", f("unprimed cer"), f("primed cer"), f("human cer"),
+                 "primed ≤ 1.25 × unprimed and < real",
+                 met(cer[1] <= 1.25 * cer[0] and cer[1] < cer[2]) if np.isfinite(cer).all() else "—"))
+    rows.append((f"lines stalled at the step cap, of {int(figures.get('style_lines', 0))}",
+                 f("unprimed stalled", 0), f("primed stalled", 0), "—", "", ""))
+    for statistic in TARGETED_STYLE:
+        rows.append((f"page drift, line {PAGE_LINES} against line 1: {statistic} (control: the writer's lines)",
+                     "—", f(f"page drift: {statistic}"), f(f"human drift: {statistic}"), "", ""))
     return rows
+
+
+def judge_fidelity(path, data, args):
+    """Print the fidelity table of one checkpoint (fidelity, on all forms unless --fidelity N);
+    returns its row for the log."""
+    try:
+        writer = Writer.load(path, args.device)
+    except (FileNotFoundError, checkpoint.CheckpointError) as e:
+        raise SystemExit(str(e))
+    view = checkpoints_view(data, writer.normalisation, path)
+    read = read_with_tesseract if tesseract_available() else None
+    if read is None:
+        print("fidelity: CER skipped: Tesseract OCR is not installed (apt-get install tesseract-ocr)")
+    writers = args.fidelity or None  # --fidelity alone: all
+    started = time.time()
+    try:
+        figures = fidelity(writer, view, writers, args.bias, args.seed, args.batch_size, read)
+    except ValueError as e:
+        raise SystemExit(f"{path}: {e}")
+    print(f"{path}: priming fidelity ({time.time() - started:.0f} s)\n"
+          "| measure | unprimed (alone) | primed by the writer | control | target | met |\n| --- | --- | --- | --- | --- | --- |")
+    for row in fidelity_table(figures):
+        print("| " + " | ".join(row) + " |")
+    return {"checkpoint": path, "task": "synthesis", "judged": "fidelity",
+            **{f"fidelity {key}": value for key, value in figures.items()}}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -244,10 +499,11 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=arguments.SEED, default=0)
     p.add_argument("--batch_size", type=arguments.POSITIVE, default=50)
     p.add_argument("--skip_legibility", action="store_true", help="likelihood only")
-    p.add_argument("--fidelity", metavar="WRITERS",
-                   type=arguments.count(2, hint=" (the control primes each writer with the next one's line)"),
-                   help="instead: how much priming with one line of each of WRITERS validation writers makes "
-                        "the model write like them (style statistics and likelihood, primed against unprimed)")
+    p.add_argument("--fidelity", metavar="WRITERS", nargs="?", const=0,  # 0: all
+                   type=arguments.count(2, hint=" (a writer's lines are told from other writers')"),
+                   help="instead: whether priming carries a writer's hand, on all validation writers (forms "
+                        "with two lines or more), or WRITERS of them: likelihood of their lines alone and "
+                        "primed, the writer named by likelihood, style and CER of lines written in their hand")
     p.add_argument("--log", default=os.path.join("save", "judgements.csv"),
                    help="CSV that gets one row per judged checkpoint")
     p.add_argument("--threads", type=arguments.THREADS, default=1, help="CPU threads (as train.py; 0: one per core)")
@@ -351,16 +607,8 @@ def main(argv=None):
     args = parse_args(argv)
     utils.set_threads(args.threads)
     data = dataset.load_data(os.path.join(args.data_dir, "validation.npz"))
-    if args.fidelity:
-        for path in args.checkpoint:
-            print(f"{path}: priming fidelity over {args.fidelity} validation writers, bias {args.bias}, seed {args.seed}")
-            print("| statistic | unprimed, error | primed, error |\n| --- | --- | --- |")
-            writer = Writer.load(path, args.device)
-            view = checkpoints_view(data, writer.normalisation, path)
-            for name, unprimed, primed in fidelity(writer, view, args.fidelity, bias=args.bias, seed=args.seed):
-                print(f"| {name} | {unprimed:.3f} | {primed:.3f} |")
-        return []
-    rows = [judge(path, data, args) for path in args.checkpoint]
+    judged = judge if args.fidelity is None else judge_fidelity
+    rows = [judged(path, data, args) for path in args.checkpoint]
     if args.log:
         append_rows(args.log, rows)
         print(f"appended {len(rows)} row(s) to {args.log}")

@@ -13,7 +13,6 @@ import torch
 
 import checkpoint as checkpoint_module
 import dataset
-import kernels
 import model as model_module
 import train
 from dataset import dataset_nll
@@ -598,9 +597,9 @@ def test_precision_flags_choose_the_autocast_dtype():
     """auto: bf16 exactly where this CPU has bf16 matrix products; fp32 and bf16 as asked, and bf16
     refused with a sentence (not oneDNN's traceback) where the CPU lacks it."""
     supported = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert kernels.bf16_supported("cpu") == supported
+    assert model_module.bf16_supported("cpu") == supported
     for precision, expected in [("auto", supported), ("fp32", False)] + ([("bf16", True)] if supported else []):
-        with kernels.autocast("cpu", precision):
+        with model_module.autocast("cpu", precision):
             assert torch.is_autocast_enabled("cpu") == expected, precision
             if expected:
                 assert torch.get_autocast_dtype("cpu") == torch.bfloat16
@@ -608,7 +607,7 @@ def test_precision_flags_choose_the_autocast_dtype():
 
 def test_bf16_is_refused_with_a_sentence_where_the_cpu_lacks_it(tmp_path, data_dir, monkeypatch):
     """On a CPU without bf16 (AVX2 only), --precision bf16 stops before training, naming the fix."""
-    monkeypatch.setattr(kernels, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(model_module, "bf16_supported", lambda device: False)
     with pytest.raises(SystemExit, match="no bf16 support.*--precision fp32"):
         train.train(train.parse_args(["--data_dir", data_dir, "--model_dir", str(tmp_path), "--precision", "bf16",
                                       "--max_steps", "1", *TINY_MODEL]))
