@@ -227,6 +227,12 @@ def parse_args(argv=None):
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         p.error(f"--variants: unknown {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
+    for flag, path in [("--sampling", args.sampling), ("--check_precision", args.check_precision)]:
+        if path not in (None, "fresh"):
+            try:  # a checkpoint refused now, in a sentence, not midway as a traceback
+                checkpoint.load(path)
+            except (FileNotFoundError, checkpoint.CheckpointError) as e:
+                p.error(f"{flag}: {e}")
     return args
 
 

@@ -177,3 +177,12 @@ def test_evaluate_refuses_a_log_it_could_not_write_before_judging(tmp_path, caps
         assert "is not writable" in line
     finally:
         tmp_path.chmod(0o755)
+
+
+def test_bench_refuses_a_checkpoint_that_cannot_be_used_in_a_sentence(tmp_path, capsys):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    for flag in ["--sampling", "--check_precision"]:
+        line = refusal(bench.parse_args, [flag, str(tmp_path / "junk.pt")], capsys)
+        assert f"error: {flag}: {tmp_path / 'junk.pt'} is not a readable checkpoint" in line
+        line = refusal(bench.parse_args, [flag, str(tmp_path / "missing.pt")], capsys)
+        assert f"error: {flag}: no checkpoint at {tmp_path / 'missing.pt'}" in line
