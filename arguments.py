@@ -17,10 +17,10 @@ SEED_MAX = 2 ** 32 - 1  # numpy.random.seed and default_rng([seed, ...]) take 0 
 
 # Sampling bias b (Graves, section 5.2) sharpens the mixture weights by (1 + b) and shrinks the
 # Gaussians by exp(-b). At b = 20 they are already exp(-20) = 2e-9 of their trained spread, so the
-# strokes are the mixture's means: the shipped models' lines move a few pen units (of a line ~600
-# tall) between b = 20 and 100, and not at all past b = 87, where exp(-b) leaves float32's normal
-# range. Float32 sampling itself breaks near b = 1e37, where (1 + b) * logits overflows; 20 keeps
-# far from that and loses nothing a user can see.
+# strokes are the mixture's means: the shipped models' lines move at most 26 pen units (of a line
+# ~600 tall) between b = 20 and 100, and not at all past b = 87, where exp(-b) leaves float32's
+# normal range. Float32 sampling itself breaks near b = 1e37, where (1 + b) * logits overflows; 20
+# keeps far from that and loses nothing a user can see (docs/reliability.md).
 MAX_BIAS = 20
 MAX_SAMPLE_LINES = 1000    # rand_write --num_samples: one batch of lines in memory
 MAX_SAMPLE_POINTS = 20000  # rand_write --length: the longest IAM-OnDB line has under 2,000 points
