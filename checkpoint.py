@@ -22,8 +22,11 @@ a crafted checkpoint cannot run code.
     python checkpoint.py export save/synthesis_best.pt save/synthesis.pt
     python checkpoint.py average save/synthesis_mean.pt save/snapshots/synthesis_step*.pt
     python checkpoint.py show save/synthesis.pt
+    python checkpoint.py export-web save/synthesis.pt web/    # the page's weights (web/model.js) and hands
 """
 import argparse
+import base64
+import json
 import math
 import numbers
 import os
@@ -332,6 +335,145 @@ def average(sources, dst, include_means=False):
     _write_exported(newest, dst, model=weights, averaged_from=[os.path.basename(path) for path in sources])
 
 
+# ----------------------------------------------------------------------------- the browser's copy
+#
+# web/index.html writes with the synthesis model in the page (web/engine.js). export-web writes what
+# it needs into web/model.js, a script (a page opened from disk may load scripts, not fetch files):
+# each layer as one (outputs, inputs) matrix over its joined inputs, gates ordered (i, f, o, g) as
+# kernels.GenerationStep packs them, and the alphabet and rules the page must share with Python.
+
+WEB_PRECISIONS = ("int8", "fp16", "fp32")
+
+
+def ifog(gate_rows):
+    """An nn.LSTM weight's or bias's 4H gate rows, (i, f, g, o), in the page's order (i, f, o, g),
+    the order of web/engine.js's cell (and of kernels.GenerationStep's). Its own inverse."""
+    i, f, g, o = gate_rows.chunk(4, dim=0)
+    return torch.cat([i, f, o, g], dim=0)
+
+
+def web_layers(weights):
+    """A synthesis state_dict as four (weight (outputs, inputs), bias) layers: layer 1 over
+    [x, h1, w], the window over h1, layer 2 over [x, h1, w, h2], the output over [h1, h2]."""
+    layer2 = torch.cat([weights["layer2.weight_ih_l0"], weights["layer2.weight_hh_l0"]], 1)
+    return {
+        "layer1": (torch.cat([weights["layer1_input.weight"], weights["layer1_recurrent.weight"]], 1),
+                   weights["layer1_input.bias"]),
+        "window": (weights["window_layer.weight"], weights["window_layer.bias"]),
+        "layer2": (ifog(layer2), ifog(weights["layer2.bias_ih_l0"] + weights["layer2.bias_hh_l0"])),
+        "output": (weights["output_layer.weight"], weights["output_layer.bias"]),
+    }
+
+
+def compact(weight, precision):
+    """`weight` (outputs, inputs) as stored at `precision`: (stored values, per-row scales or None).
+    int8 scales each row by its largest magnitude over 127, so every row keeps 8 bits of its own range."""
+    weight = weight.detach().float().cpu()
+    if precision == "fp32":
+        return weight, None
+    if precision == "fp16":
+        return weight.half(), None
+    scales = weight.abs().amax(1) / 127
+    scales[scales == 0] = 1.0
+    return torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8), scales
+
+
+def expanded(stored, scales):
+    """What compact() stored, back in float32: the weights the page computes with."""
+    return stored.float() if scales is None else stored.float() * scales[:, None]
+
+
+def with_compact_weights(checkpoint, precision):
+    """`checkpoint` (a synthesis one) with its layers' weights rounded as `precision` stores them,
+    in float32 and the same format: to judge what the page's compact weights cost (evaluate.py).
+    Biases stay exact, as export-web keeps them."""
+    weights = dict(checkpoint["model"])
+    H = checkpoint["config"]["cell_size"]
+    rounded = {name: expanded(*compact(weight, precision)) for name, (weight, _) in web_layers(weights).items()}
+    weights["layer1_input.weight"], weights["layer1_recurrent.weight"] = rounded["layer1"].split([3, rounded["layer1"].shape[1] - 3], 1)
+    weights["window_layer.weight"], weights["output_layer.weight"] = rounded["window"], rounded["output"]
+    layer2 = ifog(rounded["layer2"])
+    weights["layer2.weight_ih_l0"], weights["layer2.weight_hh_l0"] = layer2.split([layer2.shape[1] - H, H], 1)
+    return {**checkpoint, "model": {name: tensor.contiguous() for name, tensor in weights.items()}}
+
+
+def web_bundle(checkpoint, precision="int8"):
+    """What the page needs of a synthesis checkpoint, as JSON-ready values: its layers (weights at
+    `precision`, little-endian base64; biases float32), the alphabet and look-alikes, the
+    normalisation, and the writing rules' constants."""
+    import dataset, generate, ink  # here: generate imports this module
+    from model import EXP_FLOOR, MAX_POINTS_PER_CHAR
+
+    if checkpoint["config"]["task"] != "synthesis":
+        raise CheckpointError(f"export-web: the page writes texts, so it needs a synthesis checkpoint, "
+                              f"not {checkpoint['config']['task']}")
+    if precision not in WEB_PRECISIONS:
+        raise CheckpointError(f"export-web: --precision must be one of {', '.join(WEB_PRECISIONS)}, not {precision}")
+    layers = {}
+    for name, (weight, bias) in web_layers(checkpoint["model"]).items():
+        stored, scales = compact(weight, precision)
+        layers[name] = {"rows": weight.shape[0], "cols": weight.shape[1], "precision": precision,
+                        "weight": as_base64(stored), "bias": as_base64(bias.detach().float().cpu())}
+        if scales is not None:
+            layers[name]["scales"] = as_base64(scales)
+    return {"format": 1, "precision": precision, "config": checkpoint["config"], "alphabet": checkpoint["alphabet"],
+            "unknown_replacement": dataset.UNKNOWN_REPLACEMENT, "lookalikes": dataset.LOOKALIKES,
+            "offset_mean": [float(v) for v in checkpoint["offset_mean"]],
+            "offset_std": [float(v) for v in checkpoint["offset_std"]],
+            "median_step": ink.median_step(checkpoint["offset_std"]),
+            "max_points_per_char": MAX_POINTS_PER_CHAR, "retries": generate.RETRIES, "exp_floor": EXP_FLOOR,
+            "line_gap": utils.LINE_GAP, "plotter": asdict(utils.Plotter()), "layers": layers}
+
+
+def as_base64(tensor):
+    """A tensor's values as base64 of their little-endian bytes, as the page reads them."""
+    array = tensor.detach().cpu().contiguous().numpy()
+    return base64.b64encode(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()).decode()
+
+
+def write_script(path, name, value, source):
+    """`value` as a script that sets globalThis[name] (a page opened from disk loads scripts, not data)."""
+    with utils.atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(f"// written by python checkpoint.py export-web from {source}: do not edit\n"
+                    f"globalThis.{name} = {json.dumps(value, ensure_ascii=False, separators=(',', ':'))};\n")
+
+
+def web_hands(checkpoint, recipes):
+    """The bundled hands: lines the model itself writes, unprimed, at chosen seeds (`recipes`: dicts
+    of name, text, seed, bias), as prime JSON (strokes of [x, y] points, y down, pen units)."""
+    import generate
+
+    writer = generate.Writer.from_checkpoint(checkpoint)
+    hands = []
+    for recipe in recipes:
+        writing = writer.write([recipe["text"]], bias=recipe["bias"], seed=recipe["seed"])
+        if writing.capped[0]:
+            raise CheckpointError(f"export-web: the hand {recipe['name']!r} stalled at seed {recipe['seed']}: "
+                                  "choose another seed in hands.json")
+        strokes = [(np.round(stroke * [1, -1], 2) + 0.0).tolist() for stroke in utils.offsets_to_strokes(writing.lines[0])]
+        hands.append({"name": recipe["name"], "text": writing.texts[0], "strokes": strokes})
+    return hands
+
+
+def export_web(src, folder, precision="int8", judge_copy=None):
+    """Write folder/model.js, the page's bundle of synthesis checkpoint `src` at `precision`, and
+    folder/hands.js, the hands folder/hands.json asks for, written with the same rounded weights.
+    judge_copy: also write those rounded weights as a checkpoint, to judge what they cost."""
+    checkpoint = load(src)
+    bundle = web_bundle(checkpoint, precision)
+    rounded = with_compact_weights(checkpoint, precision)
+    source = os.path.basename(src)
+    write_script(os.path.join(folder, "model.js"), "HANDWRITING_MODEL", {**bundle, "source": source}, source)
+    recipes_path = os.path.join(folder, "hands.json")
+    if os.path.exists(recipes_path):
+        with open(recipes_path, encoding="utf-8") as f:
+            recipes = json.load(f)
+        write_script(os.path.join(folder, "hands.js"), "HANDWRITING_HANDS", web_hands(rounded, recipes), source)
+    if judge_copy:
+        _write_exported(rounded, judge_copy, compact_weights=precision)
+
+
 def describe(checkpoint):
     """One paragraph about a checkpoint: model, training so far, best validation."""
     history = checkpoint.get("history", [])
@@ -363,6 +505,13 @@ def main(argv=None):
     average_command.add_argument("sources", nargs="+", metavar="src")
     average_command.add_argument("--include_means", action="store_true",
                                  help="also take in sources that are themselves means, each as one checkpoint")
+    web_command = commands.add_parser("export-web", help="write the page's bundle (model.js, hands.js) for web/index.html")
+    web_command.add_argument("src")
+    web_command.add_argument("folder", help="where model.js goes (web/); hands.js too when FOLDER/hands.json exists")
+    web_command.add_argument("--precision", choices=WEB_PRECISIONS, default="int8",
+                             help="how the layers' weights are stored: int8 with a scale per row (default), fp16, fp32")
+    web_command.add_argument("--judge_copy", metavar="PT",
+                             help="also write the weights as rounded to a checkpoint, for evaluate.py")
     show_command = commands.add_parser("show", help="say what a checkpoint holds")
     show_command.add_argument("path")
     args = p.parse_args(argv)
@@ -373,6 +522,10 @@ def main(argv=None):
         elif args.command == "average":
             average(args.sources, args.dst, args.include_means)
             print(f"wrote {args.dst}, the mean of {len(args.sources)} checkpoints")
+        elif args.command == "export-web":
+            export_web(args.src, args.folder, args.precision, args.judge_copy)
+            print(f"wrote {os.path.join(args.folder, 'model.js')} ({args.precision})"
+                  + (f" and {args.judge_copy}" if args.judge_copy else ""))
         else:
             print(describe(load(args.path)))
     except (FileNotFoundError, CheckpointError) as e:

@@ -479,14 +479,16 @@
      * the last line written to its end; a line that stalls is written again with the next seed,
      * every attempt taking the next seed from `seed` on. onLine(number, tries) is told of each
      * attempt before it starts, onWritten(number, line, seed) of the one kept. */
-    *writePage(lines, {bias = 0, seed = 0, prime = null, retries = this.retries, onPoint, onLine, onWritten} = {}) {
+    *writePage(lines, {bias = 0, seed = 0, prime = null, retries = this.retries, maxPointsPerChar = this.maxPointsPerChar,
+                       onPoint, onLine, onWritten} = {}) {
       const written = [];
       let previous = null;
       for (const [number, text] of lines.entries()) {
         let attempt;
         for (let tries = 0; tries <= retries; tries++) {
           if (onLine) onLine(number, tries);
-          attempt = yield* this.writeLine(text, {bias, prime: prime || previous, uniforms: new Uniforms(seed), onPoint});
+          attempt = yield* this.writeLine(text, {bias, prime: prime || previous, uniforms: new Uniforms(seed),
+                                                  maxPointsPerChar, onPoint});
           seed += 1;
           if (!attempt.capped) break;
         }
