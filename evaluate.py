@@ -224,11 +224,16 @@ def primed_nll(model, data, prime, line):
     return nats.tolist()
 
 
+def form_of(line_id):
+    """The form a line belongs to, one writer's consecutive lines: a01-000u-01 is line 1 of a01-000u."""
+    return line_id.rsplit("-", 1)[0]
+
+
 def forms_of(line_ids):
-    """Line indices by form, {form id: [indices in line order]}: a01-000u-01 is line 1 of form a01-000u."""
+    """Line indices by form, {form id: [indices in line order]}."""
     forms = {}
     for i in sorted(range(len(line_ids)), key=lambda i: line_ids[i]):
-        forms.setdefault(line_ids[i].rsplit("-", 1)[0], []).append(i)
+        forms.setdefault(form_of(line_ids[i]), []).append(i)
     return forms
 
 
@@ -297,10 +302,6 @@ def identify(scores):
 def pen_units(data, line):
     """Line `line` of data in pen units."""
     return data.normalisation.to_pen_units(data.offsets[line])
-
-
-def form_of(line_id):
-    return line_id.rsplit("-", 1)[0]
 
 
 def write_in_batches(writer, texts, primes, bias, seed, batch_size=50):
@@ -381,14 +382,20 @@ def drift_figures(writer, data, plan, bias, seed):
             prime, *lines = forms[form][:PAGE_LINES + 1]
             page = writer.write_page([data.texts[i] for i in lines], bias=bias, seed=seed + number,
                                      prime=Prime(data.texts[prime], pen_units(data, prime)))
-            for kind, ink in [("page", page.lines), ("human", [pen_units(data, i) for i in lines])]:
-                first, last = style(ink[0], data.texts[lines[0]]), style(ink[-1], data.texts[lines[-1]])
+            for kind, drawn in [("page", page.lines), ("human", [pen_units(data, i) for i in lines])]:
+                first, last = style(drawn[0], data.texts[lines[0]]), style(drawn[-1], data.texts[lines[-1]])
                 drift[kind].append({s: style_error(last[s], first[s], s) for s in first})
     figures = {"pages": len(plan.pages)}
     for kind, rows in drift.items():
         figures.update({f"{kind} drift: {s}": float(np.mean([row[s] for row in rows])) if rows else np.nan
                         for s in TARGETED_STYLE})
     return figures
+
+
+def cpu_seconds():
+    """CPU time of this process and of the programs it ran (Tesseract): a shared machine's clock
+    time says little."""
+    return sum(os.times()[:4])
 
 
 def fidelity(writer, data, writers=None, bias=1.0, seed=0, batch_size=50, read=None, workdir=None, say=print):
@@ -401,13 +408,15 @@ def fidelity(writer, data, writers=None, bias=1.0, seed=0, batch_size=50, read=N
         f"{len(plan.identified)} named among {min(CANDIDATES, len(forms_of(data.line_ids)))} primes, "
         f"{len(plan.pages)} pages of {PAGE_LINES} lines; bias {bias}, seed {seed}")
     figures = {"writers": len(plan.writers), "bias": bias, "seed": seed}
-    for name, part in [("likelihood and writer identification", lambda: likelihood_figures(writer.model, data, plan, batch_size)[0]),
-                       ("lines written unprimed and primed" + (", read by Tesseract" if read else ""),
-                        lambda: written_figures(writer, data, plan, bias, seed, batch_size, read, workdir)),
-                       ("pages written in one hand", lambda: drift_figures(writer, data, plan, bias, seed))]:
-        started = time.time()
+    parts = [("likelihood and writer identification",
+              lambda: likelihood_figures(writer.model, data, plan, batch_size)[0]),
+             ("lines written unprimed and primed" + (", read by Tesseract" if read else ""),
+              lambda: written_figures(writer, data, plan, bias, seed, batch_size, read, workdir)),
+             ("pages written in one hand", lambda: drift_figures(writer, data, plan, bias, seed))]
+    for name, part in parts:
+        started, cpu = time.time(), cpu_seconds()
         figures.update(part())
-        say(f"fidelity: {name}, {time.time() - started:.0f} s")
+        say(f"fidelity: {name}, {time.time() - started:.0f} s ({cpu_seconds() - cpu:.0f} s of CPU)")
     return figures
 
 
@@ -464,7 +473,8 @@ def judge_fidelity(path, data, args):
     except ValueError as e:
         raise SystemExit(f"{path}: {e}")
     print(f"{path}: priming fidelity ({time.time() - started:.0f} s)\n"
-          "| measure | unprimed (alone) | primed by the writer | control | target | met |\n| --- | --- | --- | --- | --- | --- |")
+          "| measure | unprimed (alone) | primed by the writer | control | target | met |\n"
+          "| --- | --- | --- | --- | --- | --- |")
     for row in fidelity_table(figures):
         print("| " + " | ".join(row) + " |")
     return {"checkpoint": path, "task": "synthesis", "judged": "fidelity",

@@ -293,11 +293,12 @@ def test_writer_identification_names_writers_whose_hands_differ_in_size():
 
 
 def test_fidelity_end_to_end_logs_one_row_with_every_figure(tiny, tmp_path, monkeypatch, capsys):
-    """Two writers of 12 lines each, through the command line: every figure of the table is there
-    and finite; a stand-in reader that reads each image as the text it should say gives CER 0 for
+    """Two writers of 6 lines each (pages of 4 lines), through the command line: every figure of the
+    table is there and finite; a stand-in reader that reads each image as the text it should say gives CER 0 for
     written and real lines alike (so the images come in the order of their texts); one row is logged."""
     path, _ = tiny
-    data = writers(make_handwriting_data(24, seed=4), 2)  # w0: lines 0, 2, 4 ...; w1: 1, 3, 5 ...
+    data = writers(make_handwriting_data(12, seed=4), 2)  # w0: lines 0, 2, 4 ...; w1: 1, 3, 5 ...
+    monkeypatch.setattr(evaluate, "PAGE_LINES", 4)
     dataset.save_data(tmp_path / "validation.npz", data)
     written_texts = [data.texts[i] for i in (2, 4, 6, 3, 5, 7)]  # the first 3 held-out lines of each
     calls = []
