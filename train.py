@@ -316,10 +316,12 @@ def model_dir_lock(args, main):
     A second train.py there stops at once, before it reads or writes anything, instead of mixing its
     checkpoints with the first's. The lock is the kernel's (utils.hold_lock): it goes with the process
     however that ends, so a crashed run never leaves the folder locked. Holding it, the run removes
-    the temporary files that killed writers left (utils.remove_stale_temporaries)."""
+    the temporary files that killed writers left (utils.remove_stale_temporaries). A run refused
+    before it writes anything leaves no folder it made."""
     if not main:  # rank 0 writes for all
         yield
         return
+    made = not os.path.isdir(args.model_dir)
     os.makedirs(args.model_dir, exist_ok=True)
     path = os.path.join(args.model_dir, f".{args.task}.lock")
     try:
@@ -333,6 +335,11 @@ def model_dir_lock(args, main):
             if removed:
                 print(f"removed {len(removed)} temporary file(s) that a killed process left in {folder}")
         yield
+    except BaseException:
+        if made and os.listdir(args.model_dir) == [os.path.basename(path)]:
+            os.remove(path)  # while holding it: any other run that opened it has already been refused
+            os.rmdir(args.model_dir)
+        raise
     finally:
         held.close()
 
