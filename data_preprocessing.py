@@ -453,13 +453,14 @@ def read_strokes_npy(strokes_path, sentences_path, validation_fraction=0.05):
         sequences = ink.load_object_npy(strokes_path)
     except pickle.UnpicklingError as e:
         raise PreprocessingError(f"{strokes_path} was not read: {e}") from None
+    except ink.BadFile as e:
+        raise PreprocessingError(str(e)) from None
     except Exception as e:
         raise PreprocessingError(f"Cannot read {strokes_path}: {e}") from None
-    try:
-        with open(sentences_path, encoding="utf-8", errors="replace") as f:
-            texts = f.read().splitlines()
-    except OSError as e:
-        raise PreprocessingError(f"Cannot read {sentences_path}: {e}") from None
+    try:  # a regular file only: a pipe would block (the bound is ~100 times the real file's size)
+        texts = ink.read_regular_file(sentences_path, 64 * 2 ** 20).decode("utf-8", errors="replace").splitlines()
+    except ink.BadFile as e:
+        raise PreprocessingError(f"Cannot read {e}") from None
     if len(texts) != len(sequences):
         raise PreprocessingError(f"{strokes_path} holds {len(sequences)} sequences but {sentences_path} "
                                  f"{len(texts)} lines; they must pair one to one")
@@ -500,31 +501,60 @@ def read_ink_dir(folder, names, median_step, validation_fraction=0.05):
     """Your own lines for fine-tuning: the files `names` in `folder`, one line each with its text
     (JSON's "text", InkML's transcription, or for IAM-OnDB XML a .txt file of the same name), each
     as the network reads a line of ink (ink.as_read: at the pace median_step, the pen lifted at
-    its end). The last validation_fraction of the files (at least one) is validation."""
-    n_validation = max(1, int(round(len(names) * validation_fraction)))
+    its end). A file that cannot be used (ink.read_ink_file's rules: a regular file, within the
+    limits of ink.py, of its format's shape) is skipped and named in the summary; the rest are
+    read. The last validation_fraction of the lines read (at least one) is validation, so the
+    splits are never empty; fewer than two usable lines stop with what was wrong."""
     summary, lines = Summary(), []
-    for i, name in enumerate(names):
-        which = "train" if i < len(names) - n_validation else "validation"
+    for name, line_id in zip(names, ink_line_ids(names, summary)):
         path = os.path.join(folder, name)
         try:
-            offsets, text = ink.read_ink_file(path)
-            if text is None and os.path.exists(os.path.splitext(path)[0] + ".txt"):
-                with open(os.path.splitext(path)[0] + ".txt", encoding="utf-8") as f:
-                    text = f.read().strip()
-        except (ink.BadFile, OSError, UnicodeDecodeError) as e:
-            summary.drop("unreadable file", which)
+            offsets, text = ink.read_ink_file(path)  # its errors name the file
+            text = text if text is not None else sidecar_text(os.path.splitext(path)[0] + ".txt")
+            try:
+                offsets, repeated = ink.as_read(offsets, median_step)
+            except ink.BadFile as e:
+                raise ink.BadFile(f"{path}: {e}") from None
+        except ink.BadFile as e:
+            summary.drop("unreadable file", "unsplit")
             summary.warn(f"{e}; skipped")
             continue
-        offsets, repeated = ink.as_read(offsets, median_step)
         summary.repeated_points_removed += repeated
         reason = check_line(offsets, text or "")
         if reason:
-            summary.drop(reason, which)
+            summary.drop(reason, "unsplit")
             summary.warn(f"{path}: {reason}; skipped")
             continue
-        lines.append({"line_id": os.path.splitext(name)[0], "split": which,
-                      "offsets": offsets.astype(np.float32), "text": text.strip()})
+        lines.append({"line_id": line_id, "offsets": offsets.astype(np.float32), "text": text.strip()})
+    if len(lines) < 2:
+        raise PreprocessingError(f"--ink_dir {folder}: {len(lines)} usable line{'' if len(lines) == 1 else 's'} of {len(names)} files; at least two "
+                                 "are needed, one to train on and one to validate on. Problems: "
+                                 + "; ".join(summary.warnings[:5]))
+    n_validation = min(len(lines) - 1, max(1, int(round(len(lines) * validation_fraction))))
+    for i, line in enumerate(lines):
+        line["split"] = "train" if i < len(lines) - n_validation else "validation"
     return lines, summary
+
+
+def ink_line_ids(names, summary):
+    """A line id per file name: the name without its extension, or, where files of one name come in
+    several formats (a.json, a.inkml), the whole name, so that neither takes the other's id."""
+    stems = Counter(os.path.splitext(name)[0] for name in names)
+    shared = sorted(name for name in names if stems[os.path.splitext(name)[0]] > 1)
+    if shared:
+        summary.warn(f"files of one name in several formats ({', '.join(shared)}): each is its own line, "
+                     "named with its extension; remove the copies if they hold the same line")
+    return [name if name in shared else os.path.splitext(name)[0] for name in names]
+
+
+def sidecar_text(path):
+    """The text in the .txt file `path` (beside an IAM-OnDB XML line), or None where there is none."""
+    if not os.path.lexists(path):
+        return None
+    try:
+        return ink.read_regular_file(path, ink.MAX_FILE_BYTES).decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise ink.BadFile(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def checkpoint_normalisation(path):
@@ -555,6 +585,11 @@ def build_splits(lines, summary, like=None):
     if not by_split["train"]:
         raise PreprocessingError("No usable training line was found; nothing written. " + (
             "Problems: " + "; ".join(summary.warnings[:5]) if summary.warnings else ""))
+    if not by_split["validation"]:
+        raise PreprocessingError("No validation line; nothing written. With --strokes or --ink_dir, raise "
+                                 "--validation_fraction (the last lines validate); with IAM-OnDB, check that the "
+                                 "validation split's forms are in the data. " + (
+                                     "Problems: " + "; ".join(summary.warnings[:5]) if summary.warnings else ""))
     if like is None:
         alphabet, normalisation = dataset.ALPHABET, training_normalisation([l["offsets"] for l in by_split["train"]])
     else:

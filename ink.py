@@ -39,11 +39,19 @@ in-stroke step is IAM-OnDB's (`as_read`).
 Files: IAM-OnDB line XML, InkML and JSON (read_ink_file), and the circulated strokes.npy, a
 pickle read by an unpickler that makes numpy arrays and nothing else (load_object_npy): it is a
 file of ink like the others, and whoever reads ink from files reads it safely here.
+
+Limits (docs/reliability.md): a file is read only if it is a regular file (never a pipe, device
+or folder, which would block or never end) of at most MAX_FILE_BYTES; a line has at most
+MAX_POINTS points, coordinates that are 0 or of a magnitude in [MIN_COORDINATE, MAX_COORDINATE]
+(so that float32 offsets hold them), steps within MAX_STEP_RATIO of its median; JSON is of the
+documented shape, numbers only, nested at most MAX_JSON_DEPTH deep. BadFile says which rule broke.
 """
 import json
+import math
 import os
 import pickle
 import re
+import stat
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -54,6 +62,16 @@ MAX_STEP = 300.0              # raw units; a longer in-stroke step is a glitch
 # IAM-OnDB's median in-stroke step (17.9 raw units over the 10,379 training lines) in units of its
 # offset_std, geometric mean of x and y (41.3 and 36.5): a line from elsewhere is scaled to this step.
 MEDIAN_STEP_PER_STD = 0.46
+
+# What a file of ink may hold (docs/reliability.md). IAM-OnDB's longest line has 1,940 points in a
+# 105,268-byte file (~54 bytes a point), its largest step is 200 times its line's median in-stroke step.
+MAX_FILE_BYTES = 4 * 2 ** 20    # a line's file (XML, InkML, JSON): 40 times IAM-OnDB's largest
+MAX_POINTS = 20_000             # points in a line: 10 times IAM-OnDB's longest
+MAX_COORDINATE = 1e9            # |coordinate| in any unit; the offsets, differences, stay finite in float32
+MIN_COORDINATE = float(np.finfo(np.float32).tiny)  # 1.2e-38: a nonzero coordinate below is 0 in float32
+MAX_STEP_RATIO = 10_000         # a step over this many median in-stroke steps: units gone wrong
+MAX_JSON_DEPTH = 16             # nesting; the documented shape has 4, the web page's extra "lines" 6
+MAX_NPY_BYTES = 2 ** 31         # strokes.npy, a whole data set (the circulated one is ~100 MB)
 
 
 class BadFile(ValueError):
@@ -202,11 +220,59 @@ def as_read(offsets, median_step):
     every line of the data does. A line written by the model may stop in mid-stroke (Graves' rule
     does not wait for the pen); read unlifted, the next line would first finish that stroke, a
     scribble before its first word. Returns (float64 (T, 3) offsets, repeated points removed);
-    `offsets` is left alone."""
-    read, repeated = remove_repeated_points(np.asarray(offsets, dtype=np.float64))
+    `offsets` is left alone. BadFile (without a file name: the caller knows it) for offsets that
+    no line of ink has (checked_offsets), or whose steps span more than MAX_STEP_RATIO."""
+    read, repeated = remove_repeated_points(checked_offsets(offsets))
+    steps = in_stroke_steps(read)
+    steps = steps[steps > 0]
+    if len(steps):
+        largest = np.hypot(read[:, 1], read[:, 2]).max() / np.median(steps)
+        if largest > MAX_STEP_RATIO:
+            raise BadFile(f"its largest step is {largest:,.0f} times its median in-stroke step (at most "
+                          f"{MAX_STEP_RATIO:,}; IAM-OnDB's largest is about 200): its units are mixed up")
     read = rescale_to_pace(read, median_step)
     read[-1, 0] = 1.0
     return read, repeated
+
+
+def checked_offsets(offsets):
+    """offsets as float64 rows [end_of_stroke, dx, dy]: a line's worth of finite numbers within
+    the coordinate range, else BadFile (without a file name)."""
+    try:
+        offsets = np.asarray(offsets, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise BadFile("its offsets are not numbers") from None
+    if offsets.ndim != 2 or offsets.shape[1] != 3:
+        raise BadFile(f"its offsets have shape {offsets.shape}, not rows of [end_of_stroke, dx, dy]")
+    if not len(offsets):
+        raise BadFile("it has no points")
+    check_point_count(len(offsets))
+    check_coordinates(offsets)
+    return offsets
+
+
+def check_point_count(count):
+    """BadFile (without a file name) for a line of more than MAX_POINTS points."""
+    if count > MAX_POINTS:
+        raise BadFile(f"{count:,} points; at most {MAX_POINTS:,} make a line of ink (IAM-OnDB's longest has "
+                      "1,940): split it into lines")
+
+
+def check_coordinates(values):
+    """BadFile (without a file name) unless every value is finite and 0 or of a magnitude within
+    [MIN_COORDINATE, MAX_COORDINATE], where float32, in which offsets are kept, holds it."""
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise BadFile("a coordinate is not a finite number")
+    magnitude = np.abs(values)
+    beyond, tiny = magnitude > MAX_COORDINATE, (magnitude > 0) & (magnitude < MIN_COORDINATE)
+    if beyond.any():
+        raise BadFile(f"coordinate {float(values[beyond][0])!r} is beyond +-{MAX_COORDINATE:g}, the range ink "
+                      "is read in (in any unit)")
+    if tiny.any():
+        raise BadFile(f"coordinate {float(values[tiny][0])!r} is not 0 but float32 (which offsets are kept in) "
+                      f"would hold it as 0 or without precision: coordinates are 0 or of a magnitude between "
+                      f"{MIN_COORDINATE:.1e} and {MAX_COORDINATE:g}")
 
 
 # ----------------------------------------------------------------------------- files
@@ -214,14 +280,44 @@ def as_read(offsets, median_step):
 def read_ink_file(path):
     """One line of ink from an IAM-OnDB line XML, an InkML or a JSON file (by extension, then root
     element): (offsets (T, 3) float64 in the file's units, y up; its text or None). BadFile, naming
-    the file and what is wrong, when it cannot be used."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise BadFile(f"{path}: {e.strerror}") from None
+    the file and what is wrong, when it cannot be used: not a regular file of at most
+    MAX_FILE_BYTES, not of the format's shape, more than MAX_POINTS points, or a coordinate
+    outside check_coordinates' range."""
+    data = read_regular_file(path, MAX_FILE_BYTES)
     strokes, text = (json_strokes if os.fspath(path).lower().endswith(".json") else xml_strokes)(data, path)
     return points_to_offsets(checked_strokes(strokes, path)).astype(np.float64), text
+
+
+def open_regular_file(path, max_bytes):
+    """`path` open for reading in binary, once it is known to be a regular file of at most max_bytes:
+    a pipe, a device (/dev/zero), a folder or a link to one is refused before a byte is read (opened
+    without blocking, then looked at). BadFile, naming the file, otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as e:
+        raise BadFile(f"{path}: {e.strerror}") from None
+    info = os.fstat(fd)
+    kind = next((name for test, name in [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a pipe"),
+                                         (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
+                                         (stat.S_ISSOCK, "a socket")] if test(info.st_mode)), "not a file")
+    if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+        os.close(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BadFile(f"{path}: not a regular file ({kind}); name a file of ink")
+        raise BadFile(f"{path}: {info.st_size:,} bytes; at most {max_bytes:,} are read from a file of ink")
+    return os.fdopen(fd, "rb")
+
+
+def read_regular_file(path, max_bytes):
+    """The bytes of `path`, a regular file of at most max_bytes (open_regular_file); BadFile otherwise."""
+    with open_regular_file(path, max_bytes) as f:
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as e:
+            raise BadFile(f"{path}: {e.strerror}") from None
+    if len(data) > max_bytes:  # it grew while being read
+        raise BadFile(f"{path}: over {max_bytes:,} bytes; at most {max_bytes:,} are read from a file of ink")
+    return data
 
 
 def xml_strokes(data, path):
@@ -276,36 +372,76 @@ def inkml_xy_columns(root):
 
 
 def json_strokes(data, path):
-    """Strokes and text of a JSON line, as draw.html writes them: {"text": "...", "strokes":
-    [[[x, y], ...], ...]}, y down, any units."""
+    """Strokes and text of a JSON line, as the web page writes them: {"text": "...", "strokes":
+    [[[x, y], ...], ...]}, y down, any units; a point's further values (time, pressure) and other
+    keys are left alone. Numbers only: true and false are no coordinates. Nesting deeper than
+    MAX_JSON_DEPTH is refused before parsing (Python's parser recurses), as are more than MAX_POINTS points."""
+    depth = json_depth(data)
+    if depth > MAX_JSON_DEPTH:
+        raise BadFile(f"{path}: JSON nested deeper than {MAX_JSON_DEPTH} levels ({depth:,}); expected "
+                      '{"text": "...", "strokes": [[[x, y], ...], ...]}')
     try:
         document = json.loads(data)
     except ValueError as e:  # bad JSON or bad UTF-8
         raise BadFile(f"{path}: not JSON ({e})") from None
     if not isinstance(document, dict) or not isinstance(document.get("strokes"), list):
         raise BadFile(f'{path}: expected {{"text": "...", "strokes": [[[x, y], ...], ...]}}')
-    strokes = []
-    for number, stroke in enumerate(document["strokes"]):
-        try:
-            points = np.array(stroke, dtype=np.float64)
-        except (TypeError, ValueError):
-            points = None
-        if points is None or points.ndim != 2 or points.shape[1] < 2:
-            raise BadFile(f"{path}: stroke {number + 1} is not a list of [x, y] points")
-        strokes.append(points[:, :2])
+    for number, stroke in enumerate(document["strokes"], 1):
+        if not isinstance(stroke, list):
+            raise BadFile(f"{path}: stroke {number} is not a list of [x, y] points")
+    try:
+        check_point_count(sum(len(stroke) for stroke in document["strokes"]))
+    except BadFile as e:
+        raise BadFile(f"{path}: {e}") from None
+    strokes = [json_points(stroke, number, path) for number, stroke in enumerate(document["strokes"], 1)]
     text = document.get("text")
     if text is not None and not isinstance(text, str):
         raise BadFile(f'{path}: "text" is not a string')
     return strokes, text
 
 
+def json_points(stroke, number, path):
+    """A JSON stroke [[x, y, ...], ...] as a float64 (n, 2) array; BadFile for any other shape."""
+    points = []
+    for i, point in enumerate(stroke, 1):
+        if not isinstance(point, list) or len(point) < 2:
+            raise BadFile(f"{path}: stroke {number}, point {i} is not a list of two or more numbers [x, y]")
+        for value in point:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise BadFile(f"{path}: stroke {number}, point {i} holds {json.dumps(value)}, not a number")
+        points.append([as_float(point[0]), as_float(point[1])])
+    return np.array(points, dtype=np.float64).reshape(-1, 2)
+
+
+def as_float(number):
+    """A JSON number as a float; an integer too large for any float as an infinity."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf if number > 0 else -math.inf
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def json_depth(data):
+    """How deeply JSON bytes nest, counted without parsing: brackets and braces outside strings."""
+    codes = np.frombuffer(_JSON_STRING.sub(b'""', data), dtype=np.uint8)
+    opens = (codes == ord("[")) | (codes == ord("{"))
+    closes = (codes == ord("]")) | (codes == ord("}"))
+    return int(np.cumsum(opens.astype(np.int64) - closes).max(initial=0))
+
+
 def checked_strokes(strokes, path):
-    """The strokes that have points; BadFile if they cannot show a hand."""
+    """The strokes that have points; BadFile if they cannot show a hand or break a limit."""
     strokes = [s for s in strokes if len(s)]
     if not strokes:
         raise BadFile(f"{path}: holds no pen strokes")
-    if not all(np.isfinite(s).all() for s in strokes):
-        raise BadFile(f"{path}: a coordinate is not a finite number")
+    try:
+        check_point_count(sum(len(s) for s in strokes))
+        check_coordinates(np.concatenate([s[:, :2] for s in strokes]))
+    except BadFile as e:
+        raise BadFile(f"{path}: {e}") from None
     if not any(np.any(np.diff(s, axis=0)) for s in strokes):
         raise BadFile(f"{path}: no stroke moves the pen (a prime needs strokes of two or more "
                       "distinct points)")
@@ -368,7 +504,7 @@ class _ArraysOnly(pickle.Unpickler):
 
 def load_object_npy(path):
     """An object array from a .npy file (the circulated strokes.npy, pickled by Python 2), safely."""
-    with open(path, "rb") as f:
+    with open_regular_file(path, MAX_NPY_BYTES) as f:
         version = np.lib.format.read_magic(f)
         read_header = {(1, 0): np.lib.format.read_array_header_1_0,
                        (2, 0): np.lib.format.read_array_header_2_0}.get(version)
@@ -388,6 +524,8 @@ def strokes_npy_line(sequence):
     sequence = np.asarray(sequence, dtype=np.float64) if np.ndim(sequence) else np.zeros((0, 3))
     if sequence.ndim != 2 or sequence.shape[1] != 3:
         raise BadFile(f"has shape {sequence.shape}, not (T, 3)")
+    check_point_count(len(sequence))
+    check_coordinates(sequence[:, 1:])
     offsets = sequence.astype(np.float32)
     offsets[:, 0] = offsets[:, 0] > 0.5
     offsets[:, 2] *= -1.0

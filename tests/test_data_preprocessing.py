@@ -6,6 +6,7 @@ real database in ../shared/iam-ondb when it is there.
 """
 import json
 import os
+import re
 import shutil
 import tarfile
 from collections import Counter
@@ -376,9 +377,14 @@ def test_strokes_npy_explicit_paths_and_mismatch(tmp_path):
     assert output_files(tmp_path / "out") == []
     make_strokes_npy(tmp_path / "pair")
     dp.preprocess(strokes=str(tmp_path / "pair" / "strokes.npy"), sentences=str(tmp_path / "pair" / "sentences.txt"),
-                  out_dir=tmp_path / "out", verbose=False)  # default 5%: round(0.15) = 0 validation lines
-    assert len(dataset.load_data(tmp_path / "out" / "train.npz")) == 3
-    assert len(dataset.load_data(tmp_path / "out" / "validation.npz")) == 0
+                  out_dir=tmp_path / "out", verbose=False, validation_fraction=0.34)
+    assert len(dataset.load_data(tmp_path / "out" / "train.npz")) == 2
+    assert len(dataset.load_data(tmp_path / "out" / "validation.npz")) == 1
+    # the default 5% of 3 lines rounds to no validation line: an empty split is refused (issue 47)
+    with pytest.raises(dp.PreprocessingError, match="No validation line.*raise --validation_fraction"):
+        dp.preprocess(strokes=str(tmp_path / "pair" / "strokes.npy"),
+                      sentences=str(tmp_path / "pair" / "sentences.txt"), out_dir=tmp_path / "empty", verbose=False)
+    assert output_files(tmp_path / "empty") == []
 
 
 # ----------------------------------------------------------------------------- the real database
@@ -467,3 +473,82 @@ def test_own_lines_need_a_checkpoint_and_two_lines(tmp_path):
         dp.preprocess(ink_dir=str(folder), out_dir=tmp_path / "out", verbose=False)
     with pytest.raises(dp.PreprocessingError, match="1 .json, .inkml or .xml file.*at least two lines"):
         dp.preprocess(ink_dir=str(folder), like="unused.pt", out_dir=tmp_path / "out", verbose=False)
+
+
+# ----------------------------------------------------------------------------- --ink_dir: a bad file is skipped, never fatal (issue 47)
+
+@pytest.fixture(scope="module")
+def tiny_like(tmp_path_factory):
+    """A tiny synthesis checkpoint for --like (alphabet, normalisation std [2, 3])."""
+    from fixtures import train_tiny
+
+    return train_tiny(tmp_path_factory.mktemp("like"), "synthesis", "--max_steps", "1").replace("_best", "_last")
+
+
+def own_lines_folder(tmp_path, texts):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for i, text in enumerate(texts):
+        (folder / f"line{i}.json").write_text(own_line(text, shift=3.0 * i))
+    return folder
+
+
+def preprocess_own(folder, like, tmp_path, **options):
+    summary = dp.preprocess(ink_dir=str(folder), like=like, out_dir=tmp_path / "out", verbose=False, **options)
+    return (summary, dataset.load_data(tmp_path / "out" / "train.npz"),
+            dataset.load_data(tmp_path / "out" / "validation.npz"))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_bad_file_in_ink_dir_is_skipped_and_named_and_the_rest_are_read(tmp_path, tiny_like):
+    folder = own_lines_folder(tmp_path, ["first", "second", "third"])
+    os.mkfifo(folder / "a_pipe.json")
+    os.symlink("/dev/zero", folder / "b_zero.inkml")
+    (folder / "c_folder.json").mkdir()
+    (folder / "d_deep.json").write_text('{"text": "x", "strokes": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    (folder / "e_huge.json").write_text(json.dumps({"text": "x", "strokes": [[[1e39, 0], [1, 1]]]}))
+    (folder / "f_bool.json").write_text(json.dumps({"text": "x", "strokes": [[[True, 0], [1, 1]]]}))
+    (folder / "line2.txt").write_text("not read: JSON holds its text")
+    os.mkfifo(folder / "g_pipe_text.txt")
+    (folder / "g_pipe_text.xml").write_text(stroke_xml(LINE_B))  # its text file is a pipe
+    summary, train, validation = preprocess_own(folder, tiny_like, tmp_path, validation_fraction=0.3)
+    assert train.texts == ["first", "second"] and validation.texts == ["third"]
+    assert summary.dropped == Counter({"unreadable file": 7})
+    for name, why in [("a_pipe.json", "not a regular file \\(a pipe\\)"), ("b_zero.inkml", "not a regular file \\(a device\\)"),
+                      ("c_folder.json", "not a regular file \\(a folder\\)"), ("d_deep.json", "JSON nested deeper"),
+                      ("e_huge.json", "coordinate 1e\\+39 is beyond"), ("f_bool.json", "holds true, not a number"),
+                      ("g_pipe_text.txt", "not a regular file \\(a pipe\\)")]:
+        assert any(re.search(f"{name}: (.*){why}.*skipped", warning) for warning in summary.warnings), (name, summary.warnings)
+
+
+def test_bad_last_files_never_leave_the_validation_split_empty(tmp_path, tiny_like):
+    # the last file by name is unreadable: the last line that is read validates instead
+    folder = own_lines_folder(tmp_path, ["first", "second", "third"])
+    (folder / "zz_broken.json").write_text("{not json")
+    _, train, validation = preprocess_own(folder, tiny_like, tmp_path, validation_fraction=0.3)
+    assert train.texts == ["first", "second"] and validation.texts == ["third"]
+    # one usable line cannot make both splits: a sentence, and nothing written
+    folder = tmp_path / "one"
+    folder.mkdir()
+    (folder / "a.json").write_text(own_line("only"))
+    (folder / "b.json").write_text("{not json")
+    with pytest.raises(dp.PreprocessingError, match="1 usable line of 2 files; at least two .*b.json: not JSON"):
+        dp.preprocess(ink_dir=str(folder), like=tiny_like, out_dir=tmp_path / "none", verbose=False)
+    assert not (tmp_path / "none" / "validation.npz").exists()
+
+
+def test_an_empty_validation_split_is_an_error_that_says_what_to_do():
+    line = {"offsets": np.array([[0, 0, 0], [1, 1, 1]], np.float32), "text": "ab", "line_id": "x"}
+    with pytest.raises(dp.PreprocessingError, match="No validation line.*--validation_fraction"):
+        dp.build_splits([{**line, "split": "train"}] * 3, dp.Summary())
+
+
+def test_files_of_one_name_in_several_formats_stay_separate_lines(tmp_path, tiny_like):
+    folder = own_lines_folder(tmp_path, ["first", "second"])
+    strokes = json.loads(own_line("other"))["strokes"]
+    (folder / "line0.inkml").write_text('<ink><annotation type="transcription">other</annotation>' + "".join(
+        "<trace>" + ", ".join(f"{x} {y}" for x, y in stroke) + "</trace>" for stroke in strokes) + "</ink>")
+    summary, train, validation = preprocess_own(folder, tiny_like, tmp_path, validation_fraction=0.3)
+    assert train.line_ids + validation.line_ids == ["line0.inkml", "line0.json", "line1"]
+    assert train.texts + validation.texts == ["other", "first", "second"]
+    assert any("line0.inkml, line0.json" in warning and "one name" in warning for warning in summary.warnings)

@@ -1,5 +1,9 @@
 """ink.py: a line of ink from each file it may come in (IAM-OnDB stroke XML, InkML, JSON,
 strokes.npy), its offsets and cleaning worked out by hand, and the pace it is read at."""
+import contextlib
+import json
+import os
+import signal
 from types import SimpleNamespace
 
 import numpy as np
@@ -44,7 +48,7 @@ def test_inkml_without_namespace_or_trace_format_reads_x_then_y(tmp_path):
     ("a.inkml", "<ink><annotation type='transcription'>a</annotation></ink>", "holds no pen strokes"),
     ("a.json", "{'text': 'ab'}", "not JSON"),
     ("a.json", '[[[1, 2], [3, 4]]]', "expected {\"text\""),
-    ("a.json", '{"text": "ab", "strokes": [[[1, 2], [3, 4]], [1, 2]]}', "stroke 2 is not a list of \\[x, y\\]"),
+    ("a.json", '{"text": "ab", "strokes": [[[1, 2], [3, 4]], [1, 2]]}', "stroke 2, point 1 is not a list of two or more numbers"),
     ("a.json", '{"text": "ab", "strokes": [[[1, 2], [3, NaN]]]}', "not a finite number"),
     ("a.json", '{"text": 7, "strokes": [[[1, 2], [3, 4]]]}', '"text" is not a string'),
 ])
@@ -190,3 +194,148 @@ def test_a_line_is_read_without_its_repeated_points_at_the_data_pace():
     assert len(read) == 4 and repeated == 2
     # in-stroke steps sqrt(2) and 1: median (sqrt(2) + 1) / 2 becomes 3
     np.testing.assert_allclose(read[:, 1:], without[:, 1:] * 3.0 / ((np.sqrt(2) + 1) / 2))
+
+
+# ----------------------------------------------------------------------------- what a file must be (issue 47)
+
+@contextlib.contextmanager
+def fails_after(seconds):
+    """Raise TimeoutError where the block takes longer than `seconds` (a read that blocks)."""
+    def stop(signum, frame):
+        raise TimeoutError(f"still reading after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def not_regular_files(tmp_path):
+    """A folder, a pipe, a device and links to them, each under an ink file's name."""
+    os.mkdir(tmp_path / "folder.json")
+    os.mkfifo(tmp_path / "pipe.json")
+    os.symlink(tmp_path / "pipe.json", tmp_path / "link_to_pipe.inkml")
+    os.symlink("/dev/zero", tmp_path / "link_to_zero.xml")
+    return [tmp_path / "folder.json", tmp_path / "pipe.json", tmp_path / "link_to_pipe.inkml",
+            tmp_path / "link_to_zero.xml", "/dev/zero"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_only_a_regular_file_is_read_never_a_pipe_a_device_or_a_folder(tmp_path):
+    for path in not_regular_files(tmp_path):
+        with fails_after(2), pytest.raises(ink.BadFile, match="not a regular file") as refused:
+            ink.read_ink_file(str(path))
+        assert str(refused.value).startswith(f"{path}: ")
+        with fails_after(2), pytest.raises(ink.BadFile, match="not a regular file"):
+            ink.load_object_npy(str(path))
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "huge.xml"
+    with open(path, "wb") as f:  # sparse: no disk is used
+        f.truncate(ink.MAX_FILE_BYTES + 1)
+    with pytest.raises(ink.BadFile, match=f"{ink.MAX_FILE_BYTES + 1:,} bytes.*at most {ink.MAX_FILE_BYTES:,}"):
+        ink.read_ink_file(str(path))
+    # IAM-OnDB's largest line file (105,268 bytes, 1,940 points) is far inside the limit
+    assert ink.MAX_FILE_BYTES >= 20 * 105_268 and ink.MAX_POINTS >= 5 * 1940
+
+
+def json_line(points, text="ab"):
+    return json.dumps({"text": text, "strokes": [points]})
+
+
+def test_a_line_of_more_points_than_the_limit_is_refused(tmp_path):
+    too_many = [[i % 7, i % 5] for i in range(ink.MAX_POINTS + 1)]
+    for name, content in [("long.json", json_line(too_many)),
+                          ("long.inkml", "<ink><trace>" + ", ".join(f"{x} {y}" for x, y in too_many) + "</trace></ink>"),
+                          ("long.xml", stroke_xml([[(x, y, 0.015 * i) for i, (x, y) in enumerate(too_many)]]))]:
+        with pytest.raises(ink.BadFile, match=f"{ink.MAX_POINTS + 1:,} points.*at most {ink.MAX_POINTS:,}"):
+            ink.read_ink_file(write_file(tmp_path, name, content))
+    offsets, _ = ink.read_ink_file(write_file(tmp_path, "limit.json", json_line(too_many[:-1])))
+    assert len(offsets) == ink.MAX_POINTS
+
+
+@pytest.mark.parametrize("coordinate, error", [
+    ("1e39", "1e\\+39 is beyond"),                # finite in float64, inf in float32
+    ("1e308", "1e\\+308 is beyond"), ("-1e308", "-1e\\+308 is beyond"),
+    ("1e10", "10000000000.0 is beyond"),         # past the documented range
+    ("1e-320", "1e-320 is not 0 but float32"),    # float32 would hold it as 0
+    ("-1e-39", "-1e-39 is not 0 but float32"),    # float32 would hold it without precision
+    ("Infinity", "not a finite number"),
+    ("1" + "0" * 400, "not a finite number"),    # an integer no float holds
+])
+def test_a_coordinate_beyond_what_float32_holds_is_refused(tmp_path, coordinate, error):
+    for name, content in [("a.json", f'{{"text": "ab", "strokes": [[[1, 2], [{coordinate}, 4]]]}}'),
+                          ("a.inkml", f"<ink><trace>1 2, {coordinate} 4</trace></ink>")]:
+        if coordinate == "Infinity" and name == "a.inkml":
+            coordinate = "inf"
+            content = f"<ink><trace>1 2, {coordinate} 4</trace></ink>"
+        with pytest.raises(ink.BadFile, match=error):
+            ink.read_ink_file(write_file(tmp_path, name, content))
+
+
+def test_coordinates_within_the_range_are_read_exactly_as_float32_holds_them(tmp_path):
+    # 0 is 0; the range's ends and a tiny normal float32 are kept as float32 holds them
+    content = json_line([[0, 0], [1e9, -1e9], [2e-38, 1e-3]])
+    offsets, _ = ink.read_ink_file(write_file(tmp_path, "edge.json", content))
+    expected = np.float32([[0, 0, 0], [0, 1e9, 1e9], [1, 2e-38 - 1e9, -(1e-3 + 1e9)]])
+    np.testing.assert_array_equal(offsets, expected)
+
+
+@pytest.mark.parametrize("strokes, error", [
+    ("[[[true, 2], [3, 4]]]", "stroke 1, point 1 holds true"),       # booleans are not numbers
+    ("[[[1, 2], [3, false]]]", "stroke 1, point 2 holds false"),
+    ('[[[1, 2], ["3", 4]]]', 'stroke 1, point 2 holds "3"'),
+    ("[[[1, 2], [3, null]]]", "stroke 1, point 2 holds null"),
+    ("[[[1, 2], [3]]]", "stroke 1, point 2 is not a list of two or more numbers"),
+    ("[[[1, 2], 3]]", "stroke 1, point 2 is not a list of two or more numbers"),
+    ("[[[1, 2], [[3, 4], 5]]]", "stroke 1, point 2 holds \\[3, 4\\]"),
+    ("[[[1, 2]], {}]", "stroke 2 is not a list of \\[x, y\\] points"),
+    ('{"a": [[1, 2]]}', 'expected {"text"'),
+])
+def test_json_of_another_shape_is_refused_in_a_sentence(tmp_path, strokes, error):
+    path = write_file(tmp_path, "a.json", f'{{"text": "ab", "strokes": {strokes}}}')
+    with pytest.raises(ink.BadFile, match=error):
+        ink.read_ink_file(path)
+
+
+def test_deeply_nested_json_is_refused_before_it_is_parsed(tmp_path):
+    for nested in ["[" * 100_000 + "]" * 100_000, '{"a":' * 50_000 + "1" + "}" * 50_000]:
+        path = write_file(tmp_path, "deep.json", f'{{"text": "ab", "strokes": {nested}}}')
+        with pytest.raises(ink.BadFile, match=f"nested deeper than {ink.MAX_JSON_DEPTH}"):
+            ink.read_ink_file(path)
+    # brackets inside strings are text, not nesting; the web page's extra "lines" key (depth 6) is fine
+    shallow = json.dumps({"text": "[[[[[[[[[[[[[[[[[[[[ab", "strokes": [[[1, 2], [3, 4]]],
+                          "lines": [{"text": "ab", "strokes": [[[1, 2], [3, 4]]]}]})
+    assert ink.read_ink_file(write_file(tmp_path, "web.json", shallow))[1] == "[[[[[[[[[[[[[[[[[[[[ab"
+
+
+def test_a_line_whose_steps_span_too_many_orders_of_magnitude_is_refused():
+    # in-stroke steps of 1 and a pen-up jump of 10^5: at the data's pace the jump would be
+    # 10^5 median steps (IAM-OnDB's largest step is about 200 of its line's median)
+    offsets = np.array([[0, 0, 0], [0, 1, 0], [1, 1, 0], [0, 1e5, 0], [1, 1, 0]], float)
+    with pytest.raises(ink.BadFile, match="largest step is 100,000 times its median in-stroke step"):
+        ink.as_read(offsets, median_step=3.0)
+    offsets[3, 1] = 1e3
+    assert ink.as_read(offsets, median_step=3.0)[0][3, 1] == pytest.approx(3e3)
+
+
+@pytest.mark.parametrize("offsets, error", [
+    (np.zeros((4, 2)), "not rows of \\[end_of_stroke, dx, dy\\]"),
+    (np.zeros((0, 3)), "no points"),
+    (np.array([[0, 0, 0], [1, np.nan, 0]]), "not a finite number"),
+    (np.zeros((ink.MAX_POINTS + 1, 3)), "points; at most"),
+])
+def test_a_line_given_as_offsets_is_checked_like_a_file(offsets, error):
+    with pytest.raises(ink.BadFile, match=error):
+        ink.as_read(offsets, median_step=1.0)
+
+
+def test_a_strokes_npy_sequence_beyond_the_limits_is_refused():
+    for sequence, error in [(np.zeros((ink.MAX_POINTS + 1, 3)), "points; at most"),
+                            (np.array([[0, 0, 0], [1, 1e39, 0]]), "1e\\+39 is beyond"),
+                            (np.array([[0, 0, 0], [1, np.inf, 0]]), "not a finite number")]:
+        with pytest.raises(ink.BadFile, match=error):
+            ink.strokes_npy_line(sequence)
