@@ -17,6 +17,14 @@ handwriting is harsh even on real lines, so the human figure is the baseline. A 
 OCR needed) writes the subset's first 3 texts with seeds 0-3 at biases 0.5, 1 and 2 and counts the
 lines that stall.
 
+Fidelity (--fidelity, instead of the above): whether priming carries a writer's hand, on every
+validation form (one writer's consecutive lines) with two lines or more: the likelihood of a
+writer's lines alone, after the writer's line before and after another writer's; the writer named
+by likelihood among 10 primes; style, legibility and drift over a page of lines written in the hand.
+One table, each row beside its target (docs/fidelity.md, "The hand").
+
+    OMP_NUM_THREADS=1 python evaluate.py save/synthesis.pt --fidelity --threads 1
+
 Each run appends one row to --log (CSV), so curves over checkpoints can be drawn.
 """
 import argparse
@@ -462,6 +470,8 @@ def judge_fidelity(path, data, args):
         writer = Writer.load(path, args.device)
     except (FileNotFoundError, checkpoint.CheckpointError) as e:
         raise SystemExit(str(e))
+    if writer.task != "synthesis":
+        raise SystemExit(f"{path} holds a {writer.task} model: --fidelity judges a synthesis model, which is primed")
     view = checkpoints_view(data, writer.normalisation, path)
     read = read_with_tesseract if tesseract_available() else None
     if read is None:
