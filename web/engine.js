@@ -23,6 +23,16 @@
   // little-endian arrays, as numpy's tobytes() writes them on every machine the page runs on
   const float32s = base64 => new Float32Array(bytesOf(base64).buffer);
 
+  /* int8 weights (rows, cols) times their scales (rows, groups): a scale for each `group` weights of a row */
+  function dequantised(values, scales, {rows, cols, group}) {
+    const weight = new Float32Array(rows * cols), groups = Math.ceil(cols / group);
+    if (scales.length !== rows * groups) throw new Error(`a layer of the bundle holds ${scales.length} scales, not ${rows} x ${groups}`);
+    for (let r = 0; r < rows; r++) {
+      for (let j = 0; j < cols; j++) weight[r * cols + j] = values[r * cols + j] * scales[r * groups + Math.floor(j / group)];
+    }
+    return weight;
+  }
+
   function halfToFloat(half) {
     const sign = half & 0x8000 ? -1 : 1, exponent = (half >> 10) & 0x1f, fraction = half & 0x3ff;
     if (exponent === 0) return sign * fraction * 2 ** -24;  // subnormal
@@ -31,30 +41,28 @@
   }
 
   /* One layer, outputs = W inputs + b, W (rows, cols) row-major: each output is a dot product
-   * over one contiguous row. int8 weights stay int8 (a quarter of the memory read every step)
-   * and each row's scale multiplies its sum once. With a Simd `arena` the products run in
-   * WebAssembly's 4-wide float vectors, else in plain JavaScript. */
+   * over one contiguous row. Weights stored as int8 (with a scale for every `group` of a row's
+   * weights) or fp16 become float32 here. With a Simd `arena` the products run in WebAssembly's
+   * 4-wide float vectors, else in plain JavaScript. */
   class Layer {
     constructor(spec, arena = null) {
       this.rows = spec.rows;
       this.cols = spec.cols;
       this.bias = float32s(spec.bias);
       const bytes = bytesOf(spec.weight);
-      this.int8 = spec.precision === 'int8';
-      if (this.int8) this.weight = new Int8Array(bytes.buffer);
+      if (spec.precision === 'int8') this.weight = dequantised(new Int8Array(bytes.buffer), float32s(spec.scales), spec);
       else if (spec.precision === 'fp16') this.weight = Float32Array.from(new Uint16Array(bytes.buffer), halfToFloat);
       else this.weight = new Float32Array(bytes.buffer);
-      this.scales = this.int8 ? float32s(spec.scales) : null;
       if (this.weight.length !== this.rows * this.cols || this.bias.length !== this.rows) {
         throw new Error(`a layer of the bundle holds ${this.weight.length} weights, not ${this.rows} x ${this.cols}`);
       }
       this.simd = arena ? arena.place(this) : null;
+      if (this.simd) this.weight = null;  // one copy of the weights: WebAssembly's
     }
 
     apply(input, out) {
-      const sums = this.simd ? this.simd.apply(input) : this.sums(input);
-      const {rows, bias, scales} = this;
-      for (let r = 0; r < rows; r++) out[r] = bias[r] + (scales === null ? sums[r] : scales[r] * sums[r]);
+      const sums = this.simd ? this.simd.apply(input) : this.sums(input), {rows, bias} = this;
+      for (let r = 0; r < rows; r++) out[r] = bias[r] + sums[r];
       return out;
     }
 
@@ -80,10 +88,10 @@
 
   // ------------------------------------------------------------------------- WebAssembly SIMD
 
-  /* A WebAssembly module of two functions, f32(w, x, out, rows, cols) and i8(...), each writing
-   * out[r] = W[r] . x (float32) for float32 or int8 weights W (rows, cols), cols a multiple of 16
-   * (rows zero-padded), four 4-wide accumulators a row. Assembled here, byte by byte, from the
-   * binary format's opcodes (webassembly.github.io/spec): 700 bytes, nothing to download or build. */
+  /* A WebAssembly module of one function, f32(w, x, out, rows, cols): out[r] = W[r] . x for float32
+   * weights W (rows, cols) and inputs x, cols a multiple of 16 (rows zero-padded), 16 columns a
+   * turn in four 4-wide accumulators. Assembled here, byte by byte, from the binary format's
+   * opcodes (webassembly.github.io/spec): 400 bytes, nothing to download or build. */
   function simdModuleBytes() {
     const leb = n => { const out = []; do { let b = n & 0x7f; n >>>= 7; if (n) b |= 0x80; out.push(b); } while (n); return out; };
     const vec = items => [...leb(items.length), ...items.flat()];
@@ -94,41 +102,34 @@
     const get = i => [0x20, i], set = i => [0x21, i], i32 = n => [0x41, ...signed(n)];
     const load = offset => [...simd(0x00), 4, ...leb(offset)];  // v128.load, 16-byte aligned
     const [ADD, MUL, LANE] = [simd(0xe4), simd(0xe6), simd(0x1f)];  // f32x4.add, f32x4.mul, f32x4.extract_lane
-    const [W, X, OUT, ROWS, COLS, XP, XEND, ACC, WV] = [0, 1, 2, 3, 4, 5, 6, 7, 11];  // params, then locals
-    const body = int8 => {
-      // 16 weights a turn: as 4 float vectors (f32), or 16 bytes widened to them (i8: extend to
-      // 16 bits, to 32, convert to float)
-      const weights = a => (int8 ? [...get(WV), ...simd(a < 2 ? 0x87 : 0x88), ...simd(a % 2 ? 0xa8 : 0xa7), ...simd(0xfa)]
-                                 : [...get(W), ...load(16 * a)]);
-      const turn = [0, 1, 2, 3].flatMap(a => [...get(ACC + a), ...weights(a), ...get(XP), ...load(16 * a), ...MUL, ...ADD,
-                                              ...set(ACC + a)]);
-      const code = [
-        0x02, 0x40, ...get(ROWS), 0x45, 0x0d, 0,  // block; rows == 0: done
-        0x03, 0x40,  // loop over rows
-        ...[0, 1, 2, 3].flatMap(a => [...simd(0x0c), ...new Array(16).fill(0), ...set(ACC + a)]),  // accumulators = 0
-        ...get(X), ...set(XP), ...get(X), ...get(COLS), ...i32(2), 0x74, 0x6a, ...set(XEND),  // xend = x + 4 cols
-        0x03, 0x40,  // loop over the row, 16 columns a turn
-        ...(int8 ? [...get(W), ...load(0), ...set(WV)] : []), ...turn,
-        ...get(W), ...i32(int8 ? 16 : 64), 0x6a, ...set(W), ...get(XP), ...i32(64), 0x6a, ...set(XP),
-        ...get(XP), ...get(XEND), 0x49, 0x0d, 0,  // xp < xend: again
-        0x0b,
-        ...get(OUT), ...get(ACC), ...get(ACC + 1), ...ADD, ...get(ACC + 2), ...ADD, ...get(ACC + 3), ...ADD, 0x22, ACC,
-        ...LANE, 0, ...get(ACC), ...LANE, 1, 0x92, ...get(ACC), ...LANE, 2, 0x92, ...get(ACC), ...LANE, 3, 0x92,
-        0x38, 2, 0,  // f32.store out[r]
-        ...get(OUT), ...i32(4), 0x6a, ...set(OUT),
-        ...get(ROWS), ...i32(1), 0x6b, 0x22, ROWS, 0x0d, 0,  // --rows != 0: next row
-        0x0b, 0x0b, 0x0b,
-      ];
-      const fn = [...vec([[...leb(2), 0x7f], [...leb(int8 ? 5 : 4), 0x7b]]), ...code];  // locals: 2 i32, 4-5 v128
-      return [...leb(fn.length), ...fn];
-    };
+    const [W, X, OUT, ROWS, COLS, XP, XEND, ACC] = [0, 1, 2, 3, 4, 5, 6, 7];  // params, then locals
+    const turn = [0, 1, 2, 3].flatMap(a => [...get(ACC + a), ...get(W), ...load(16 * a), ...get(XP), ...load(16 * a),
+                                            ...MUL, ...ADD, ...set(ACC + a)]);
+    const code = [
+      0x02, 0x40, ...get(ROWS), 0x45, 0x0d, 0,  // block; rows == 0: done
+      0x03, 0x40,  // loop over rows
+      ...[0, 1, 2, 3].flatMap(a => [...simd(0x0c), ...new Array(16).fill(0), ...set(ACC + a)]),  // accumulators = 0
+      ...get(X), ...set(XP), ...get(X), ...get(COLS), ...i32(2), 0x74, 0x6a, ...set(XEND),  // xend = x + 4 cols
+      0x03, 0x40,  // loop over the row, 16 columns a turn
+      ...turn,
+      ...get(W), ...i32(64), 0x6a, ...set(W), ...get(XP), ...i32(64), 0x6a, ...set(XP),
+      ...get(XP), ...get(XEND), 0x49, 0x0d, 0,  // xp < xend: again
+      0x0b,
+      ...get(OUT), ...get(ACC), ...get(ACC + 1), ...ADD, ...get(ACC + 2), ...ADD, ...get(ACC + 3), ...ADD, 0x22, ACC,
+      ...LANE, 0, ...get(ACC), ...LANE, 1, 0x92, ...get(ACC), ...LANE, 2, 0x92, ...get(ACC), ...LANE, 3, 0x92,
+      0x38, 2, 0,  // f32.store out[r]
+      ...get(OUT), ...i32(4), 0x6a, ...set(OUT),
+      ...get(ROWS), ...i32(1), 0x6b, 0x22, ROWS, 0x0d, 0,  // --rows != 0: next row
+      0x0b, 0x0b, 0x0b,
+    ];
+    const body = [...vec([[...leb(2), 0x7f], [...leb(4), 0x7b]]), ...code];  // locals: 2 i32, 4 v128
     return new Uint8Array([
       0x00, 0x61, 0x73, 0x6d, 1, 0, 0, 0,
       ...section(1, vec([[0x60, ...vec([0x7f, 0x7f, 0x7f, 0x7f, 0x7f]), ...vec([])]])),  // (i32 x 5) -> ()
       ...section(2, vec([[...name('env'), ...name('memory'), 0x02, 0x00, ...leb(1)]])),   // imports a memory
-      ...section(3, vec([[0], [0]])),
-      ...section(7, vec([[...name('f32'), 0x00, 0], [...name('i8'), 0x00, 1]])),
-      ...section(10, vec([body(false), body(true)])),
+      ...section(3, vec([[0]])),
+      ...section(7, vec([[...name('f32'), 0x00, 0]])),
+      ...section(10, vec([[...leb(body.length), ...body]])),
     ]);
   }
 
@@ -139,28 +140,26 @@
       const bytes = simdModuleBytes();
       if (typeof WebAssembly === 'undefined' || !WebAssembly.validate(bytes)) return null;
       const padded = cols => Math.ceil(cols / 16) * 16;
-      const size = specs.reduce((total, {rows, cols, precision}) =>
-        total + rows * padded(cols) * (precision === 'int8' ? 1 : 4) + 4 * padded(cols) + 4 * rows + 64, 0);
+      const size = specs.reduce((total, {rows, cols}) => total + 4 * (rows * padded(cols) + padded(cols) + rows) + 64, 0);
       const memory = new WebAssembly.Memory({initial: Math.ceil(size / 65536)});
       const {exports} = new WebAssembly.Instance(new WebAssembly.Module(bytes), {env: {memory}});
-      return new Simd(memory, exports);
+      return new Simd(memory, exports.f32);
     }
 
-    constructor(memory, kernels) { Object.assign(this, {memory, kernels, used: 0}); }
+    constructor(memory, kernel) { Object.assign(this, {memory, kernel, used: 0}); }
 
-    allocate(Type, length) {
-      const view = new Type(this.memory.buffer, this.used, length);
+    allocate(length) {
+      const view = new Float32Array(this.memory.buffer, this.used, length);
       this.used += Math.ceil(view.byteLength / 16) * 16;
       return view;
     }
 
     /* A layer's weights copied in, rows zero-padded to 16 columns; returns its apply(input) -> sums. */
     place(layer) {
-      const {rows, cols, int8} = layer, stride = Math.ceil(cols / 16) * 16;
-      const weight = this.allocate(int8 ? Int8Array : Float32Array, rows * stride);
+      const {rows, cols} = layer, stride = Math.ceil(cols / 16) * 16, kernel = this.kernel;
+      const weight = this.allocate(rows * stride);
       for (let r = 0; r < rows; r++) weight.set(layer.weight.subarray(r * cols, (r + 1) * cols), r * stride);
-      const x = this.allocate(Float32Array, stride), sums = this.allocate(Float32Array, rows);
-      const kernel = int8 ? this.kernels.i8 : this.kernels.f32;
+      const x = this.allocate(stride), sums = this.allocate(rows);
       return {apply: input => { x.set(input); kernel(weight.byteOffset, x.byteOffset, sums.byteOffset, rows, stride); return sums; }};
     }
   }

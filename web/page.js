@@ -110,7 +110,7 @@
     setBusy(true);
     const stalled = [];
     const started = performance.now();
-    job = {stopped: false, steps: 0};
+    job = {stopped: false};
     job.generator = writer.writePage(lines, {
       bias, seed, prime: hand.prime,
       onLine: (number, tries) => {
@@ -126,8 +126,7 @@
       result = {lines: written.map(w => w.offsets), texts: written.map(w => w.text)};
       shown = result.lines;
       const points = result.lines.reduce((n, l) => n + l.length, 0);
-      status(`Wrote ${lines.length} line${lines.length === 1 ? '' : 's'}, ${points} points in ${seconds.toFixed(1)} s ` +
-             `(${Math.round(job.steps / seconds)} steps a second).` +
+      status(`Wrote ${lines.length} line${lines.length === 1 ? '' : 's'}, ${points} points in ${seconds.toFixed(1)} s.` +
              (stalled.length ? ` Line(s) ${stalled.join(', ')} stalled with every seed tried and may miss words: try another seed.` : ''));
     };
     pump();
@@ -147,7 +146,6 @@
         setBusy(false);
         return;
       }
-      job.steps += 1;
     }
     render();
     setTimeout(pump, 0);
