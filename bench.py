@@ -12,19 +12,22 @@ against the machine's matrix-multiply roof.
     python bench.py --task synthesis --compare_loss 200 --variants bucketed   # one variant only
     python bench.py --task synthesis --compare_loss 200 --seeds 2 --first_seed 3   # seeds 3 and 4
     python bench.py --check_precision save/synthesis.pt   # what bf16 changes for trained weights
-    git show HEAD~1:model.py > /tmp/old_model.py
-    python bench.py --layer1_against /tmp/old_model.py --compile   # layer 1 of another model.py against ours
+    git show HEAD~1:kernels.py > /tmp/old_kernels.py
+    python bench.py --layer1_against /tmp/old_kernels.py --compile   # layer 1 of another kernels.py against ours
 
 The baseline is the seed repository's formulation (SeedModel): every batch padded to --timesteps,
 fp32, two nn.LSTMs for rand_write; for synthesis layer 1 (an nn.LSTMCell) and the window stepped in
 a Python loop under autograd, then layer 2 (an nn.LSTM) and the output layer once over the
-sequence. Ours (model.py + train.py) batches lines of similar length, steps layer 1 and the window
-with a hand-written backward pass, and uses bf16 matrix products where the hardware has them.
+sequence. Ours (kernels.FastHandwritingModel + train.py) batches lines of similar length, steps
+layer 1 and the window with a hand-written backward pass, and uses bf16 matrix products where the
+hardware has them. Sampling's baseline is the plain model.HandwritingModel, forward() per point.
 Throughput counts real (unpadded) predicted points per second; the roof is the speed of one large
 matrix product on this machine, and ours is reported as a share of it (FLOPs per point from the
 model's configuration).
 """
 import argparse
+import contextlib
+import copy
 import importlib.util
 import inspect
 import os
@@ -38,11 +41,11 @@ import torch.nn.functional as F
 import arguments
 import checkpoint
 import dataset
-import model as model_module
+import kernels
 from dataset import collate, make_batches
 from dataset import dataset_nll
-from model import (GenerationStep, HandwritingModel, ModelConfig, State, autocast, pen_projection, point_nll,
-                   sample_mixture, sequence_nll, split_mixture, uses_bf16, window_weights)
+from kernels import FastHandwritingModel, autocast, pen_projection, uses_bf16
+from model import HandwritingModel, ModelConfig, point_nll, sequence_nll, split_mixture
 from train import add_shared_arguments, set_up_cpu
 
 
@@ -188,9 +191,8 @@ def run(model, batches, loss_fn, steps, precision, warmup=1, optimizer=None, dev
 def fresh_model(model_class, config, seed, args):
     """Weights drawn from `seed` on args.device; --compile applies to ours only."""
     torch.manual_seed(seed)
-    model = model_class(config).to(args.device)
-    model.compile_recurrence = args.compile and model_class is HandwritingModel
-    return model
+    options = {"compile": args.compile} if model_class is FastHandwritingModel else {}
+    return model_class(config, **options).to(args.device)
 
 
 def parse_args(argv=None):
@@ -216,9 +218,10 @@ def parse_args(argv=None):
     p.add_argument("--roof_seconds", type=arguments.RATE, default=2.0, help="how long to time the matrix-product roof")
     p.add_argument("--sampling", metavar="CHECKPOINT", nargs="?", const="save/synthesis.pt",
                    help="instead of training: time writing one 40-character line, and 10 as a batch")
-    p.add_argument("--layer1_against", metavar="MODEL_PY",
+    p.add_argument("--layer1_against", metavar="KERNELS_PY",
                    help="instead: time synthesis layer 1 with the window (forward and backward) under "
-                        "another copy of model.py and under ours, alternating in one process")
+                        "another copy of kernels.py (or a model.py from before kernels.py was split "
+                        "off) and under ours, alternating in one process")
     p.add_argument("--check_precision", metavar="CHECKPOINT",
                    help="instead of timing: compare bf16 with fp32 validation NLL and gradients for a "
                         "checkpoint's weights (its task), or 'fresh' for newly initialised ones")
@@ -264,7 +267,7 @@ def main(argv=None):
         config = ModelConfig(task=task, cell_size=args.cell_size, num_clusters=args.num_clusters, K=args.K,
                              alphabet_size=len(data.alphabet))
         if args.check_precision == "fresh":
-            check_precision(fresh_model(HandwritingModel, config, 0, args), data, args)
+            check_precision(fresh_model(FastHandwritingModel, config, 0, args), data, args)
             continue
         seed_points_s, roof = time_both(config, data, args)
         if args.parts:
@@ -337,7 +340,7 @@ def time_both(config, data, args):
     results = {}
     for name, model_class, batches, loss_fn, precision in [
         ("seed", SeedModel, padded_batches, seed_nll, "fp32"),
-        ("ours", HandwritingModel, bucketed_batches, sequence_nll, args.precision),
+        ("ours", FastHandwritingModel, bucketed_batches, sequence_nll, args.precision),
     ]:
         model = fresh_model(model_class, config, 0, args)
         rng = np.random.default_rng(0)
@@ -373,7 +376,7 @@ def part_seconds(model, optimizer, batch, precision, device):
 
     def layer1():
         if synthesis:
-            h1, _, _, windows, _ = model._layer1_with_window(inputs, text, text_mask, state, False)
+            h1, _, _, windows, _ = model._layer1_with_window(inputs, text, text_mask, state)
             outputs = [h1, windows]
         else:
             outputs = [model._lstm(model.layer1, inputs, state.h1, state.c1)[0]]
@@ -405,7 +408,7 @@ def time_parts(config, data, args, seed_points_s, roof):
     """Where a training step of ours goes (--parts): layer 1 (with the window), layer 2, and the
     rest (output layer, loss, optimizer: the whole step less the two), each with its FLOP/s; and how
     fast ours would be against the seed with layer 1 at the roof, and with everything at it."""
-    model = fresh_model(HandwritingModel, config, 0, args)
+    model = fresh_model(FastHandwritingModel, config, 0, args)
     optimizer = torch.optim.Adam(model.parameters(), lr=8e-4)
     batches = bucketed_batches(data, args.batch_size, args.timesteps, np.random.default_rng(0))
     seconds, points = {"step": 0.0, "layer 1": 0.0, "layer 2": 0.0}, 0.0
@@ -428,10 +431,10 @@ def time_parts(config, data, args, seed_points_s, roof):
           f"roof: {roof / sum(flops.values()) / seed_points_s:.2f}x")
 
 
-def load_model_module(path):
-    """Another copy of model.py as a module of its own, so that its compiled step functions stay
+def load_kernels_module(path):
+    """Another copy of kernels.py as a module of its own, so that its compiled step functions stay
     apart from ours (torch.compile keys them by their code)."""
-    spec = importlib.util.spec_from_file_location(f"model_{abs(hash(os.path.abspath(path)))}", path)
+    spec = importlib.util.spec_from_file_location(f"kernels_{abs(hash(os.path.abspath(path)))}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -439,13 +442,13 @@ def load_model_module(path):
 
 def time_layer1_against(path, config, data, args, rounds=4, batches=2):
     """--layer1_against: synthesis layer 1 with the window, forward and backward, under the
-    model.py at `path` and under ours, on the same batches and weights, the two taking turns round
+    kernels.py (or older model.py) at `path` and under ours, on the same batches and weights, the two taking turns round
     by round in one process. Separate processes on these shared machines differ by 5-10% in
     speed, more than a change to one layer makes; turns in one process see the same machine."""
-    other = load_model_module(path)
-    # model.py before 2026-12-04 took the text as one-hot vectors, since then as codes
+    other = load_kernels_module(path)
+    # the earliest WindowedLSTM took the text as one-hot vectors, later ones take its codes
     takes_one_hot = "one_hot" in inspect.signature(other.WindowedLSTM.forward).parameters
-    model = fresh_model(HandwritingModel, config, 0, args)
+    model = fresh_model(FastHandwritingModel, config, 0, args)
     bf16 = uses_bf16(args.device, args.precision)
     matmul_dtype = torch.bfloat16 if bf16 else torch.float32
     stream = bucketed_batches(data, args.batch_size, args.timesteps, np.random.default_rng(0))
@@ -468,7 +471,7 @@ def time_layer1_against(path, config, data, args, rounds=4, batches=2):
                                                                                      torch.ones_like(ws)]))
         return forward_s, backward_s, hs.detach(), weights[0].grad
 
-    sides = {"other": other, "ours": model_module}
+    sides = {"other": other, "ours": kernels}
     first = {name: run(module, chosen[0]) for name, module in sides.items()}  # also compiles
     print(f"layer 1 of {path} against ours ({'bf16' if bf16 else 'fp32'} products): the same batch gives h "
           f"within {(first['other'][2] - first['ours'][2]).abs().max():.2g}, the recurrent weight's gradient "
@@ -486,58 +489,45 @@ def time_layer1_against(path, config, data, args, rounds=4, batches=2):
     print(f"ours is {medians['other'] / medians['ours']:.3f}x the other's speed")
 
 
-class ForwardStep:
-    """The baseline for sampling: each point through the whole forward(), one time step long, in
-    PyTorch (what generation did before model.GenerationStep), with oneDNN off for nn.LSTM, which
-    would repack its weights at every one-step call; the window is read one position past the text
-    by hand. Arrays in and out, as GenerationStep's (the conversions cost microseconds a point)."""
+def plain_model(fast):
+    """The plain model.HandwritingModel with the weights of `fast` (a FastHandwritingModel), in eval mode."""
+    weight = fast.output_layer.weight
+    plain = HandwritingModel(fast.config).to(weight.device, weight.dtype)
+    plain.load_state_dict(fast.state_dict())
+    return plain.eval()
 
-    def __init__(self, model, text=None, text_mask=None):
-        self.model, self.text, self.text_mask = model, text, text_mask
-        self.lengths = None if text_mask is None else text_mask.sum(1).long().unsqueeze(1)
 
-    def __call__(self, x, state):
-        x, state = torch.from_numpy(x), State(*(None if s is None else torch.from_numpy(s) for s in state))
-        kappa_prev, mkldnn = state.kappa, torch.backends.mkldnn.enabled
-        torch.backends.mkldnn.enabled = False
-        try:
-            y, state, phi = self.model(x[:, None], self.text, self.text_mask, state=state,
-                                       return_phi=self.text is not None)
-        finally:
-            torch.backends.mkldnn.enabled = mkldnn
-        arrays = State(*(None if s is None else s.numpy() for s in state))
-        if self.text is None:
-            return y[:, 0].numpy(), arrays, None, None
-        alpha_hat, beta_hat, kappa_hat = self.model.window_layer(state.h1).chunk(3, dim=1)
-        past_text = torch.ones(x.shape[0], self.text.shape[1] + 1)
-        phi_all, _ = window_weights(alpha_hat, beta_hat, kappa_hat, kappa_prev, past_text)
-        return y[:, 0].numpy(), arrays, phi[:, 0].numpy(), phi_all.gather(1, self.lengths).squeeze(1).numpy()
-
-    @staticmethod
-    def sample(y, bias, noise):
-        """The plain way: split the whole mixture, then draw from it."""
-        return sample_mixture(split_mixture(torch.from_numpy(y), bias), noise=torch.from_numpy(noise)).numpy()
+@contextlib.contextmanager
+def onednn_off():
+    """oneDNN off for the duration (torch.backends.mkldnn.flags would also touch its TF32 setting)."""
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled
 
 
 def time_sampling(path, text="The quick brown fox jumps over lazy dogs", repeats=3):
     """Seconds to write one line of `text` (40 characters), and per line in a batch of ten, with
-    model.GenerationStep and with the baseline ForwardStep (the same strokes, to rounding)."""
+    ours (kernels.GenerationStep) and with the baseline, the plain model stepping each point
+    through forward() (the same strokes, to rounding), with oneDNN off, which would repack an
+    nn.LSTM's weights at every one-step call."""
     from generate import Writer
 
     writer = Writer.load(path)
+    baseline = copy.copy(writer)
+    baseline.model = plain_model(writer.model)
     print(f"sampling with {path}, {cpu_kind()}, {torch.get_num_threads()} thread(s), bias 1, best of {repeats}")
     for lines in [1, 10]:
         best = {}
-        for name, step in [("forward() per point", ForwardStep), ("ours", model_module.GenerationStep)]:
+        for name, timed_writer in [("forward() per point", baseline), ("ours", writer)]:
             seconds, points = [], 0
             for seed in range(repeats):
-                model_module.GenerationStep = step  # what HandwritingModel.generate steps with
-                try:
+                with onednn_off() if timed_writer is baseline else contextlib.nullcontext():
                     started = time.perf_counter()
-                    writing = writer.write([text] * lines, bias=1.0, seed=seed)
+                    writing = timed_writer.write([text] * lines, bias=1.0, seed=seed)
                     seconds.append(time.perf_counter() - started)
-                finally:
-                    model_module.GenerationStep = GenerationStep
                 points += sum(len(line) for line in writing.lines)
             best[name], per_point = min(seconds), sum(seconds) / points
             # the seeds write lines of different lengths: the time a point compares across seeds

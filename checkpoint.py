@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 import utils
+from kernels import FastHandwritingModel
 from model import HandwritingModel, ModelConfig
 
 try:
@@ -225,8 +226,9 @@ def default_path(task, model_dir="save"):
 
 
 def build_model(checkpoint, device="cpu"):
-    """The model of a loaded checkpoint, with its weights, in eval mode."""
-    model = HandwritingModel(ModelConfig(**checkpoint["config"])).to(device)
+    """The model of a loaded checkpoint, with its weights, in eval mode: the fast one (kernels.py),
+    which training, generation and bench.py use; model.HandwritingModel loads the same weights."""
+    model = FastHandwritingModel(ModelConfig(**checkpoint["config"])).to(device)
     model.load_state_dict(checkpoint["model"])
     return model.eval()
 

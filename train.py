@@ -39,7 +39,8 @@ import checkpoint
 import dataset
 import utils
 from dataset import dataset_nll
-from model import HandwritingModel, ModelConfig, autocast, sequence_nll, uses_bf16
+from kernels import FastHandwritingModel, autocast, uses_bf16
+from model import ModelConfig, sequence_nll
 
 
 def add_shared_arguments(p):
@@ -61,7 +62,7 @@ def add_shared_arguments(p):
                         "the loss, and the synthesis window's state, are always fp32")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each step of the stepped recurrences: synthesis's layer 1 with "
-                        "the window, and the nn.LSTM layers where they are stepped (model.SteppedLSTM: bf16 on "
+                        "the window, and the nn.LSTM layers where they are stepped (kernels.SteppedLSTM: bf16 on "
                         "AMX CPUs) "
                         "(fuses their small operations; costs one to two minutes of compiling at the start)")
     p.add_argument("--threads", type=arguments.THREADS, default=0,
@@ -454,8 +455,7 @@ def train_ranks(args, ranks):
     config = ModelConfig(task=args.task, cell_size=args.cell_size, num_clusters=args.num_clusters,
                          K=args.K, alphabet_size=len(train_data.alphabet))
     torch.manual_seed(args.seed)
-    model = HandwritingModel(config).to(args.device)
-    model.compile_recurrence = args.compile
+    model = FastHandwritingModel(config, compile=args.compile).to(args.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
     progress = start(args, run, model, optimizer, train_data, ranks)
     if ranks.main:
@@ -584,7 +584,7 @@ def log_curve(args, run, model, optimizer, curve_data, progress):
 
 
 def unwrapped(model):
-    """The HandwritingModel inside a DistributedDataParallel wrapper (or the model itself)."""
+    """The FastHandwritingModel inside a DistributedDataParallel wrapper (or the model itself)."""
     return getattr(model, "module", model)
 
 

@@ -16,7 +16,7 @@ import torch
 
 
 def set_threads(threads):
-    """Run PyTorch and NumPy's BLAS (which writes single lines, model.GenerationStep) on `threads`
+    """Run PyTorch and NumPy's BLAS (which writes single lines, kernels.GenerationStep) on `threads`
     CPU threads each, for the rest of the process (0: leave both at one per core)."""
     if threads:
         import threadpoolctl  # here, not at the top: only the scripts that set threads need it

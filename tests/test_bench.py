@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bench import SeedModel
+from kernels import FastHandwritingModel
 from model import HandwritingModel, ModelConfig
 
 
@@ -30,11 +31,13 @@ def copy_weights(ours, plain):
     return to_cell_order
 
 
-def test_ours_matches_the_seed_formulation_values_and_gradients():
+@pytest.mark.parametrize("ours_class", [FastHandwritingModel, HandwritingModel])
+def test_ours_matches_the_seed_formulation_values_and_gradients(ours_class):
+    """What bench.py times as ours (the fast model) and the plain model of model.py, against the seed's formulation."""
     torch.manual_seed(0)
     for task in ["rand_write", "synthesis"]:
         config = ModelConfig(task=task, cell_size=12, num_clusters=3, K=2, alphabet_size=7)
-        ours, plain = HandwritingModel(config).double(), SeedModel(config).double()
+        ours, plain = ours_class(config).double(), SeedModel(config).double()
         with torch.no_grad():  # move the window along so phi is not negligible everywhere
             for p in ours.parameters():
                 p.mul_(3)
@@ -147,7 +150,8 @@ def test_check_precision_reports_the_fp32_figures_and_a_small_bf16_change(tmp_pa
     import dataset
     from dataset import dataset_nll as evaluate
     from fixtures import train_tiny, write_data_dir
-    from model import HandwritingModel, ModelConfig
+    from kernels import FastHandwritingModel
+    from model import ModelConfig
 
     data_dir = write_data_dir(tmp_path / "data")
     args = tiny_bench_args(data_dir)
@@ -156,7 +160,7 @@ def test_check_precision_reports_the_fp32_figures_and_a_small_bf16_change(tmp_pa
     fp32, bf16 = (float(v) for v in re.search(
         r"synthesis  validation (-?\d+\.\d\d) nats/seq in fp32, (-?\d+\.\d\d) in bf16 \(4 lines\)", out).groups())
     torch.manual_seed(0)
-    model = HandwritingModel(ModelConfig(task="synthesis", cell_size=8, alphabet_size=len(dataset.ALPHABET)))
+    model = FastHandwritingModel(ModelConfig(task="synthesis", cell_size=8, alphabet_size=len(dataset.ALPHABET)))
     valid = bench.validation_subset(bench.argparse.Namespace(data_dir=data_dir, validation_lines=4))
     assert abs(fp32 - evaluate(model, valid, 4, "cpu")[0]) <= 0.006
     # at two decimals a tiny model's bf16 figure may equal the fp32 one; the gradient distances
@@ -200,10 +204,10 @@ def test_batch_streams_go_on_past_an_epoch_covering_every_line_once_per_epoch(tm
 def test_check_precision_is_refused_with_a_sentence_without_bf16(tmp_path, monkeypatch, capsys):
     """Where the CPU has no bf16, --check_precision stops at once with a sentence, not oneDNN's traceback."""
     import bench
-    import model
+    import kernels
     from fixtures import write_data_dir
 
-    monkeypatch.setattr(model, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(kernels, "bf16_supported", lambda device: False)
     with pytest.raises(SystemExit, match="no bf16 support"):
         bench.main(tiny_bench_args(write_data_dir(tmp_path / "data")) + ["--check_precision", "fresh"])
     assert "validation" not in capsys.readouterr().out
@@ -286,7 +290,7 @@ def test_sampling_timing_writes_and_reports_per_line(tmp_path, capsys):
     assert megabytes * 1e6 == pytest.approx(bench.weight_bytes_per_point(model.ModelConfig(
         **checkpoint_config(checkpoint))), rel=1e-3)
     assert megabytes / milliseconds == pytest.approx(gigabytes_per_second, rel=0.05)
-    assert model.GenerationStep is bench.GenerationStep  # put back after timing
+    assert torch.backends.mkldnn.enabled  # put back after timing the baseline
 
 
 def checkpoint_config(path):
@@ -297,29 +301,34 @@ def checkpoint_config(path):
 
 def test_weight_bytes_per_point_counts_what_a_generation_step_reads():
     import bench
-    import model
+    import kernels
 
     for task in ["synthesis", "rand_write"]:
-        config = model.ModelConfig(task=task, cell_size=16, num_clusters=3, K=2, alphabet_size=7)
-        net = model.HandwritingModel(config)
+        config = ModelConfig(task=task, cell_size=16, num_clusters=3, K=2, alphabet_size=7)
+        net = HandwritingModel(config)
         text = torch.zeros(1, 4, dtype=torch.int64)
-        step = model.GenerationStep(net, text, torch.ones(1, 4)) if task == "synthesis" else model.GenerationStep(net)
+        step = kernels.GenerationStep(net, text, torch.ones(1, 4)) if task == "synthesis" else kernels.GenerationStep(net)
         layers = [step.layer1, step.layer2, step.output] + ([step.window_layer] if task == "synthesis" else [])
         read = sum(weight.numel() * weight.element_size() + bias.numel() * bias.element_size()
                    for weight, bias, _, _ in layers)
         assert bench.weight_bytes_per_point(config) == read
 
 
-def test_the_sampling_baseline_writes_the_same_strokes(tmp_path, monkeypatch):
+def test_the_sampling_baseline_writes_the_same_strokes(tmp_path):
+    """The baseline bench.py --sampling times: the plain model with the same weights, forward() a point."""
+    import copy
+
     import bench
-    import model
     from fixtures import train_tiny
     from generate import Writer
 
     writer = Writer.load(train_tiny(tmp_path, "synthesis", "--max_steps", "1").replace("_best", "_last"))
     ours = writer.write(["abc", "b a"], bias=0.5, seed=3, max_points_per_char=10)
-    monkeypatch.setattr(model, "GenerationStep", bench.ForwardStep)
-    baseline = writer.write(["abc", "b a"], bias=0.5, seed=3, max_points_per_char=10)
+    plain = copy.copy(writer)
+    plain.model = bench.plain_model(writer.model)
+    assert type(plain.model) is HandwritingModel and type(writer.model) is FastHandwritingModel
+    with bench.onednn_off():
+        baseline = plain.write(["abc", "b a"], bias=0.5, seed=3, max_points_per_char=10)
     for a, b, phi_a, phi_b in zip(ours.lines, baseline.lines, ours.phis, baseline.phis):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(phi_a, phi_b, rtol=1e-4, atol=1e-5)
@@ -337,7 +346,7 @@ def test_cpu_kind_names_the_vector_extensions():
 
 
 def test_layer1_against_another_model_py_times_both_on_the_same_inputs(tmp_path, capsys):
-    """--layer1_against: the same file as ours gives exactly our outputs and gradients, and both
+    """--layer1_against: the same kernels.py as ours gives exactly our outputs and gradients, and both
     sides' timings and their ratio are printed."""
     import re
 
@@ -345,7 +354,7 @@ def test_layer1_against_another_model_py_times_both_on_the_same_inputs(tmp_path,
     from fixtures import write_data_dir
 
     data_dir = write_data_dir(tmp_path / "data")
-    ours = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model.py")
+    ours = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels.py")
     bench.main(["--data_dir", data_dir, "--batch_size", "4", "--timesteps", "30", "--cell_size", "8",
                 "--device", "cpu", "--precision", "fp32", "--layer1_against", ours])
     out = capsys.readouterr().out

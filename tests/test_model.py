@@ -7,16 +7,14 @@ hand, and the networks against themselves run a different way (whole sequence vs
 padded batch vs lines alone).
 """
 import math
-import shutil
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from model import (GenerationStep, HandwritingModel, Mixture, ModelConfig, bf16_supported, draw_noise,
-                   gaussian_log_density, pen_projection, point_nll, sample_mixture, sequence_nll, split_mixture,
-                   window_weights)
+from model import (HandwritingModel, Mixture, ModelConfig, draw_noise, gaussian_log_density, point_nll,
+                   sample_mixture, sequence_nll, split_mixture, window_weights)
 
 
 # ----------------------------------------------------------------------------- numpy references
@@ -320,20 +318,6 @@ def test_draw_noise_is_uniforms_then_normals_and_seeded():
     assert torch.equal(noise, draw_noise(500, 40, torch.Generator().manual_seed(0)))
 
 
-@pytest.mark.parametrize("bias", [0.0, 1.0, 3.0])
-def test_generation_step_samples_what_the_reference_samples(bias):
-    """GenerationStep.sample draws the component before squashing the mixture: the same point as
-    sample_mixture(split_mixture(y, bias)) for the same noise."""
-    M, B = 20, 5000
-    generator = torch.Generator().manual_seed(1)
-    y = 3 * torch.randn(B, 6 * M + 1, generator=generator, dtype=torch.float64)
-    noise = draw_noise(1, B, generator, torch.float64)[0]
-    fast = GenerationStep.sample(y.numpy(), bias, noise.numpy())
-    reference = sample_mixture(split_mixture(y, bias), noise=noise).numpy()
-    np.testing.assert_allclose(fast, reference, rtol=1e-10, atol=1e-10)
-    assert 0 < fast[:, 0].mean() < 1  # both pen states occur
-
-
 # ----------------------------------------------------------------------------- attention window
 
 def test_window_weights_hand_computed():
@@ -592,231 +576,34 @@ def test_padding_does_not_change_a_lines_nll(task):
     assert nll[1].sum().item() == pytest.approx(alone[1], rel=1e-5)
 
 
-# ----------------------------------------------------------------------------- the fast recurrence
+# ----------------------------------------------------------------------------- generation
 
-def recurrence_inputs(B=3, T=6, H=5, K=2, U=4, A=7, dtype=torch.float32, seed=2):
-    """Random inputs of WindowedLSTM / reference_recurrence, with a nonzero start state and one
-    line's text padded."""
-    torch.manual_seed(seed)
-    d = dict(dtype=dtype)
-    leaves = [torch.randn(B, T, 4 * H, **d), torch.randn(B, H, **d), torch.randn(B, H, **d), torch.rand(B, K, **d),
-              torch.rand(B, A, **d), torch.randn(4 * H, H + A, **d), torch.randn(3 * K, H, **d), torch.randn(3 * K, **d)]
-    text = torch.randint(0, A, (B, U))
-    text_mask = torch.ones(B, U, dtype=dtype)
-    text_mask[1, 3:] = 0
-    text_mask[2, 1:] = 0
-    return leaves, text, text_mask
+def test_generate_writes_length_points_per_line_and_the_same_for_a_seed():
+    model = tiny("rand_write")
+    start = torch.zeros(2, 3)
+    write = lambda seed: model.generate(start, length=9, generator=torch.Generator().manual_seed(seed))
+    lines, phis, capped = write(0)
+    assert [line.shape for line in lines] == [(9, 3), (9, 3)] and phis is None and capped == [False, False]
+    assert all(np.array_equal(line[0], [0, 0, 0]) for line in lines)  # the start row comes first
+    assert set(np.unique(np.concatenate(lines)[:, 0])) <= {0.0, 1.0}
+    assert all(np.array_equal(a, b) for a, b in zip(lines, write(0)[0]))
+    assert not np.array_equal(lines[0], write(1)[0][0])
 
 
-def test_windowed_lstm_equals_the_reference_recurrence_values_and_gradients():
-    """The hand-written backward pass through time against autograd through the plain loop."""
-    from model import STEPS_PER_CALL, WindowedLSTM, reference_recurrence
-    # long enough for two runs of STEPS_PER_CALL steps between single ones (model.step_runs)
-    leaves, text, text_mask = recurrence_inputs(T=2 * STEPS_PER_CALL + 2, dtype=torch.float64)
-    results = []
-    for fast in [True, False]:
-        inputs = [x.clone().requires_grad_() for x in leaves]
-        if fast:  # the window summed by character code
-            out = WindowedLSTM.apply(*inputs, text, text_mask, torch.float64)
-        else:  # the window as Graves writes it: phi times the text's one-hot vectors
-            out = reference_recurrence(*inputs, F.one_hot(text, leaves[4].shape[1]).double(), text_mask)
-        hs, ws, c, kappa, phi = out
-        (hs.sin().sum() + ws.cos().sum() + c.sum() + (kappa ** 2).sum()).backward()
-        results.append([hs, ws, c, kappa, phi] + [x.grad for x in inputs])
-    for fast, reference in zip(*results):
-        torch.testing.assert_close(fast, reference, rtol=1e-10, atol=1e-12)
-
-
-def test_windowed_lstm_gradcheck():
-    """Every input of the hand-written backward, against finite differences, with a nonzero start state."""
-    from model import WindowedLSTM
-    torch.manual_seed(1)
-    B, T, H, K, U, A = 2, 4, 3, 2, 4, 5
-    d = dict(dtype=torch.float64, requires_grad=True)
-    inputs = (torch.randn(B, T, 4 * H, **d), torch.randn(B, H, **d), torch.randn(B, H, **d),
-              torch.rand(B, K, **d), torch.rand(B, A, **d), torch.randn(4 * H, H + A, **d),
-              torch.randn(3 * K, H, **d), torch.randn(3 * K, **d))
-    text = torch.randint(0, A, (B, U))
-    text_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.float64)
-    fn = lambda *x: WindowedLSTM.apply(*x, text, text_mask, torch.float64)[:4]
-    assert torch.autograd.gradcheck(fn, inputs)
-
-
-@pytest.mark.skipif(not bf16_supported("cpu"), reason="this CPU has no bf16 matrix products")
-def test_windowed_lstm_with_bf16_products_stays_near_fp32_and_returns_fp32_gradients():
-    """With bf16 recurrent products the state stays fp32, and so do the gradients that come back
-    (dz is kept in bf16 inside): each within bf16's rounding of the fp32 products' gradients."""
-    from model import WindowedLSTM
-    leaves, text, text_mask = recurrence_inputs(B=4, T=12, H=16, K=3, U=6, A=9)
-    leaves = [x * 0.3 for x in leaves]  # moderate pre-activations, as a trained layer's
-    results = {}
-    for matmul_dtype in [torch.float32, torch.bfloat16]:
-        inputs = [x.clone().requires_grad_() for x in leaves]
-        hs, ws, c, kappa, _ = WindowedLSTM.apply(*inputs, text, text_mask, matmul_dtype)
-        (hs.sin().sum() + ws.cos().sum() + c.sum()).backward()
-        results[matmul_dtype] = [hs, c] + [x.grad for x in inputs]
-    for exact, rounded in zip(results[torch.float32], results[torch.bfloat16]):
-        assert rounded.dtype == torch.float32
-        assert (rounded - exact).norm() <= 0.015 * exact.norm()  # measured: 0.05-0.5%
-
-
-@pytest.mark.parametrize("T", [1, 2, 3, 5, 6, 9, 10, 801])
-def test_step_runs_cover_every_step_once_in_order(T):
-    """The runs a stepped recurrence calls its step function on: consecutive, together exactly the
-    T steps, each of one step or STEPS_PER_CALL, the first and the last alone."""
-    from model import STEPS_PER_CALL, step_runs
-    runs = step_runs(T)
-    assert [t for start, stop in runs for t in range(start, stop)] == list(range(T))
-    assert {stop - start for start, stop in runs} <= {1, STEPS_PER_CALL}
-    assert runs[0] == (0, 1) and runs[-1] == (T - 1, T)
-    assert sum(stop - start == 1 for start, stop in runs) <= 1 + STEPS_PER_CALL  # the rest in runs of n
-
-
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                    reason="torch.compile needs a C++ compiler on the CPU")
-def test_compiled_steps_match_eager():
-    """train.py --compile runs the same step functions through torch.compile (layer 1 with the
-    window, and SteppedLSTM): same values and gradients."""
-    from model import STEPS_PER_CALL, SteppedLSTM, WindowedLSTM
-    T = 2 * STEPS_PER_CALL + 2  # two runs of STEPS_PER_CALL steps between single ones (model.step_runs)
-    leaves, text, text_mask = recurrence_inputs(T=T)
-    torch.manual_seed(6)
-    stepped_leaves = [torch.randn(3, T, 20), torch.randn(3, 5), torch.randn(3, 5), torch.randn(20, 5)]
-    results = []
-    for compile in [False, True]:
-        inputs = [x.clone().requires_grad_() for x in leaves]
-        hs, ws, c, kappa, phi = WindowedLSTM.apply(*inputs, text, text_mask, torch.float32, compile)
-        stepped_inputs = [x.clone().requires_grad_() for x in stepped_leaves]
-        h2s, c2 = SteppedLSTM.apply(*stepped_inputs, torch.float32, compile)
-        (hs.sin().sum() + ws.cos().sum() + c.sum() + kappa.sum() + h2s.sin().sum() + c2.sum()).backward()
-        results.append([hs, ws, c, kappa, phi, h2s, c2] + [x.grad for x in inputs + stepped_inputs])
-    for eager, compiled in zip(*results):
-        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                    reason="torch.compile needs a C++ compiler on the CPU")
-def test_compiled_stepped_lstm_keeps_to_a_few_versions():
-    """torch.compile makes a version of a step function for each dtype, layout and autocast state
-    it meets, and past 8 falls back to running it uncompiled. rand_write's two stepped layers,
-    trained as in train.py and run alone with backward under autocast as in bench.py --parts, must
-    share one backward version per kind of run (the first step, runs of STEPS_PER_CALL, single
-    steps); the forward one a version per kind for each dtype of the input gates (layer 1's are
-    full precision, layer 2's autocast's)."""
-    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
-    import model
-    torch._dynamo.reset()
-    torch.manual_seed(7)
-    net = HandwritingModel(ModelConfig(task="rand_write", cell_size=8, num_clusters=2))
-    net.compile_recurrence, net.stepped_lstm = True, True
-    bf16 = bf16_supported("cpu")
-    # lengths with two and three runs of STEPS_PER_CALL steps: a run at a new offset is what
-    # made torch.compile generalise a version
-    for T in [2 * model.STEPS_PER_CALL + 3, 3 * model.STEPS_PER_CALL + 2]:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            y, _, _ = net(torch.randn(2, T, 3))
-        y.float().square().mean().backward()  # as in training: backward outside autocast
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as bench.py --parts
-            state = net.initial_state(2)
-            h1, _ = net._lstm(net.layer1, torch.randn(2, T, 3), state.h1, state.c1)
-            h1.backward(torch.ones_like(h1))
-    versions = lambda f: len(_debug_get_cache_entry_list(f.__code__))
-    assert versions(model._lstm_backward_steps) == 3
-    assert versions(model._lstm_forward_steps) == (6 if bf16 else 3)
-
-
-# ----------------------------------------------------------------------------- layer 2, stepped
-
-def test_stepped_lstm_is_nn_lstm_in_values_and_gradients():
-    """SteppedLSTM (input gates given, the rest stepped by hand) against nn.LSTM itself, from a
-    nonzero start state, in float64: outputs, last c, and the gradients of every input and weight
-    (nn.LSTM's gate rows reordered for it by to_ifog, through which the weight gradients flow back)."""
-    from model import SteppedLSTM, to_ifog
-    torch.manual_seed(3)
-    B, T, I, H = 3, 7, 5, 4
-    lstm = torch.nn.LSTM(I, H, batch_first=True).double()
-    x = torch.randn(B, T, I, dtype=torch.float64)
-    h0, c0 = torch.randn(B, H, dtype=torch.float64), torch.randn(B, H, dtype=torch.float64)
-    results = []
-    for stepped in [True, False]:
-        lstm.zero_grad()
-        inputs = [t.clone().requires_grad_() for t in (x, h0, c0)]
-        if stepped:
-            gates = F.linear(inputs[0], to_ifog(lstm.weight_ih_l0), to_ifog(lstm.bias_ih_l0 + lstm.bias_hh_l0))
-            hs, c = SteppedLSTM.apply(gates, inputs[1], inputs[2], to_ifog(lstm.weight_hh_l0), torch.float64)
-        else:
-            hs, (_, c) = lstm(inputs[0], (inputs[1][None], inputs[2][None]))
-            c = c[0]
-        (hs.sin().sum() + (c ** 2).sum()).backward()
-        results.append([hs, c] + [t.grad for t in inputs] + [p.grad.clone() for p in lstm.parameters()])
-    for stepped, reference in zip(*results):
-        torch.testing.assert_close(stepped, reference, rtol=1e-10, atol=1e-12)
-
-
-def test_stepped_lstm_gradcheck():
-    from model import SteppedLSTM
-    torch.manual_seed(4)
-    B, T, H = 2, 4, 3
-    d = dict(dtype=torch.float64, requires_grad=True)
-    inputs = (torch.randn(B, T, 4 * H, **d), torch.randn(B, H, **d), torch.randn(B, H, **d),
-              torch.randn(4 * H, H, **d))
-    assert torch.autograd.gradcheck(lambda *x: SteppedLSTM.apply(*x, torch.float64), inputs)
-
-
-@pytest.mark.parametrize("task", ["rand_write", "synthesis"])
-def test_model_with_stepped_lstm_equals_nn_lstm(task):
-    """The model's two ways of running its nn.LSTM layers (layer 2, and rand_write's layer 1; the
-    model picks SteppedLSTM in bf16 on AMX CPUs): the same outputs, final state and weight
-    gradients in fp32, and close under bf16 autocast."""
-    torch.manual_seed(5)
-    config = ModelConfig(task=task, cell_size=8, num_clusters=3, K=2, alphabet_size=6)
-    model = HandwritingModel(config)
-    offsets = torch.randn(2, 9, 3)
-    text = torch.randint(0, 6, (2, 4)) if task == "synthesis" else None
-    text_mask = torch.ones(2, 4) if task == "synthesis" else None
-    state = model.initial_state(2)._replace(h1=torch.randn(2, 8), c1=torch.randn(2, 8), h2=torch.randn(2, 8),
-                                            c2=torch.randn(2, 8))
-    results = {}
-    for bf16 in [False] + ([True] if bf16_supported("cpu") else []):
-        for stepped in [True, False]:
-            model.zero_grad()
-            model.stepped_lstm = stepped
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                y, final, _ = model(offsets, text, text_mask, state=state)
-            y.float().tanh().sum().backward()
-            results[bf16, stepped] = [y.float()] + [s.float() for s in final[:4]] + \
-                [p.grad.clone() for p in model.parameters()]
-        for stepped, fused in zip(results[bf16, True], results[bf16, False]):
-            if bf16:  # both round the products to bf16, in different places
-                assert (stepped - fused).norm() <= 0.05 * fused.norm()
-            else:
-                torch.testing.assert_close(stepped, fused, rtol=1e-5, atol=1e-6)
-
-
-def test_pen_projection_is_nn_linear_in_values_and_gradients():
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(3, 8).double()
-    offsets = torch.randn(4, 5, 3, dtype=torch.float64)[:, 1:]  # a window: not contiguous
-    grad = torch.randn(4, 4, 8, dtype=torch.float64)
-    expected = linear(offsets)
-    expected_weight, expected_bias = torch.autograd.grad(expected, [linear.weight, linear.bias], grad)
-    got = pen_projection(offsets, linear.weight, linear.bias)
-    weight, bias = torch.autograd.grad(got, [linear.weight, linear.bias], grad)
-    torch.testing.assert_close(got, expected)
-    torch.testing.assert_close(weight, expected_weight)
-    torch.testing.assert_close(bias, expected_bias)
-    torch.testing.assert_close(weight, torch.einsum("btj,bti->ji", grad, offsets))  # the chain rule by hand
-
-
-def test_pen_projection_stays_in_full_precision_under_bf16_autocast():
-    # bf16 would round the (B, T, 4H) result to 8 bits of mantissa: errors near 1e-2, not 1e-6
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(3, 64)
-    offsets = torch.randn(2, 7, 3) * 3
-    expected = offsets @ linear.weight.t() + linear.bias
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = pen_projection(offsets, linear.weight, linear.bias)
-        rounded = linear(offsets)  # what autocast makes of a plain nn.Linear
-    assert got.dtype == torch.float32 and rounded.dtype == torch.bfloat16
-    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
-    assert (rounded.float() - expected).abs().max() > 1e-3
+def test_generate_ends_a_line_by_graves_rule_or_at_its_cap():
+    """A window that moves a whole character a point passes the end of a 3-character text within a
+    few points; one that does not move is stopped at the cap, (characters + 1) * max_points_per_char."""
+    model = tiny("synthesis")
+    _, text, text_mask = batch(U=3)
+    text_mask[:] = 1
+    K = model.config.K
+    for kappa_step, expected_capped in [(0.0, False), (-30.0, True)]:  # exp(0) = 1 character a point
+        with torch.no_grad():
+            model.window_layer.weight[2 * K:] = 0
+            model.window_layer.bias[2 * K:] = kappa_step
+        lines, phis, capped = model.generate(torch.zeros(3, 3), text=text, text_mask=text_mask,
+                                             generator=torch.Generator().manual_seed(0), max_points_per_char=5)
+        assert capped == [expected_capped] * 3
+        for line, phi in zip(lines, phis):
+            assert phi.shape == (len(line) - 1, 3)
+            assert len(line) - 1 == 20 if expected_capped else len(line) - 1 <= 5

@@ -632,7 +632,7 @@ def test_tbptt_steps_once_per_window_from_the_state_the_last_window_left(tmp_pat
 
     torch.manual_seed(0)
     config = ModelConfig(task=task, cell_size=16, num_clusters=3, K=2, alphabet_size=len(dataset.ALPHABET))
-    expected = HandwritingModel(config)
+    expected = kernels.FastHandwritingModel(config)  # the model train.py trains
     adam = torch.optim.Adam(expected.parameters(), lr=1e-2)
     state = None
     for start, stop in [(0, predictions // 2), (predictions // 2, predictions)]:
