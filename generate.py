@@ -231,7 +231,7 @@ class Writer:
     # ------------------------------------------------------------------------- writing
 
     def write(self, texts, bias=0.0, seed=None, max_points_per_char=MAX_POINTS_PER_CHAR, prime=None,
-              retries=RETRIES):
+              retries=RETRIES, uniforms=None):
         """Write each text as one line (synthesis), all as one batch; returns a Writing in pen units.
 
         bias is Graves' sampling bias (section 5.2): 0 samples the model as trained, larger writes
@@ -242,12 +242,21 @@ class Writer:
         together. Characters the alphabet lacks are written as look-alikes where there are some
         (’ as ', é as e: dataset.spelled_in), else as spaces, with a warning; Writing.texts holds
         the texts as written.
+
+        uniforms, an array (points, lines, 4) of numbers in [0, 1), are the random draws in place of
+        the seed's (model.draw_noise: four a point and line, as the browser's engine draws them), so
+        that another implementation can be held to this one; a stalled line is then not written
+        again (there is only the one stream), only marked capped, with the warning.
         """
         texts = [texts] if isinstance(texts, str) else list(texts)
         primes = None if prime is None else [prime] * len(texts) if isinstance(prime, Prime) else list(prime)
+        if uniforms is not None:
+            uniforms, retries = np.asarray(uniforms), 0
+            if uniforms.ndim != 3 or uniforms.shape[1:] != (len(texts), 4):
+                raise ValueError(f"uniforms must be an array (points, {len(texts)} lines, 4), not of shape {uniforms.shape}")
         names = [f"line {b}" for b in range(len(texts))]
         writing, _ = self._write_to_the_end(texts, primes, bias, fresh_seed() if seed is None else seed,
-                                            max_points_per_char, retries, names)
+                                            max_points_per_char, retries, names, uniforms)
         return writing
 
     def write_page(self, lines, bias=0.0, seed=None, max_points_per_char=MAX_POINTS_PER_CHAR, prime=None,
@@ -272,11 +281,11 @@ class Writer:
         return Writing([w.lines[0] for w in written], first_seed, [w.texts[0] for w in written],
                        [w.phis[0] for w in written], [w.capped[0] for w in written])
 
-    def _write_to_the_end(self, texts, primes, bias, seed, max_points_per_char, retries, names):
+    def _write_to_the_end(self, texts, primes, bias, seed, max_points_per_char, retries, names, uniforms=None):
         """Write `texts` as a batch (primes: one per text, or None) by the retry rule; a stalled
         line that stays stalled is warned about by its name in `names`. Returns the Writing and
         the next seed not yet used."""
-        writing = self._write(texts, primes, bias, seed, max_points_per_char)
+        writing = self._write(texts, primes, bias, seed, max_points_per_char, uniforms)
         next_seed = seed + 1
         stalled = [b for b, capped in enumerate(writing.capped) if capped]
         for _ in range(retries):
@@ -292,7 +301,7 @@ class Writer:
             warn_stalled(names[b], writing.texts[b], max_points_per_char, seed, next_seed - 1)
         return writing, next_seed
 
-    def _write(self, texts, primes, bias, seed, max_points_per_char):
+    def _write(self, texts, primes, bias, seed, max_points_per_char, uniforms=None):
         """One attempt at writing `texts` as a batch, each after its prime (primes: a list, or None).
 
         A primed line's window reads dataset.joined_text(prime.text, text): it walks over the
@@ -314,7 +323,7 @@ class Writer:
         read_first = None if primes is None else [self.prime_offsets(p) for p in primes]
         offsets, phis, capped = self.model.generate(start, text=text, text_mask=text_mask, bias=bias,
                                                     generator=generator, max_points_per_char=max_points_per_char,
-                                                    prime=read_first, prime_chars=prime_chars)
+                                                    prime=read_first, prime_chars=prime_chars, uniforms=uniforms)
         lines = [self.normalisation.to_pen_units(o) for o in offsets]
         if primes is not None:
             lines, phis = after_prime(lines, phis, prime_chars)

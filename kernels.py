@@ -548,16 +548,19 @@ class GenerationStep:
     def sample(y, bias, noise):
         """model.sample_mixture(split_mixture(y, bias), noise=noise) in NumPy and in a third of the
         operations: the component is drawn first, from the weights alone (softmax's normaliser
-        cancels against the total the uniform is scaled by), and only its parameters are squashed."""
+        cancels against the total the uniform is scaled by), and only its parameters are squashed.
+        noise (B, 4): [u_component, u_end_of_stroke, u_1, u_2], the normals by Box-Muller."""
         B = y.shape[0]
         params = y[:, 1:].reshape(B, 6, -1)  # weight logit, mu_x, mu_y, log sigma_x, log sigma_y, rho logit
         logits = params[:, 0] * (1 + bias)
         cdf = np.exp(logits - logits.max(1, keepdims=True)).cumsum(1)
         component = np.minimum((cdf < noise[:, :1] * cdf[:, -1:]).sum(1), params.shape[2] - 1)
         mu_x, mu_y, log_sigma_x, log_sigma_y, rho_logit = params[np.arange(B), 1:, component].T
-        rho, n_x = np.tanh(rho_logit), noise[:, 2]
+        radius, angle = np.sqrt(-2 * np.log(1 - noise[:, 2])), 2 * np.pi * noise[:, 3]
+        n_x, n_y = radius * np.cos(angle), radius * np.sin(angle)
+        rho = np.tanh(rho_logit)
         dx = mu_x + np.exp(log_sigma_x - bias) * n_x
-        dy = mu_y + np.exp(log_sigma_y - bias) * (rho * n_x + np.sqrt(1 - rho * rho) * noise[:, 3])
+        dy = mu_y + np.exp(log_sigma_y - bias) * (rho * n_x + np.sqrt(1 - rho * rho) * n_y)
         # u < sigmoid(l), the sigmoid in its tanh form (no overflow)
         end_of_stroke = 2 * noise[:, 1] - 1 < np.tanh(y[:, 0] * 0.5)
         return np.stack([end_of_stroke.astype(y.dtype), dx, dy], axis=1)

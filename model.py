@@ -10,13 +10,9 @@ mixture density output: M bivariate Gaussians for (dx, dy) and a Bernoulli for e
                  phi(t, u) average the characters into a window vector w_t, which feeds layer 2
                  at step t and layer 1 at step t+1.
 
-The file reads top-down: the configuration, the mixture density output and its loss, sampling from
-it, the window, the network, and generation (a line written point by point). Layer 1 of synthesis
-and its window step through time in a plain loop; everything else runs over whole sequences.
-
-This is the reference. kernels.FastHandwritingModel computes the same with a hand-written backward
-pass, compiled steps and a NumPy generation step (what training and generation use); its tests hold
-the two to the same values and gradients. Why and how much faster: docs/speed.md.
+Top-down: the configuration, the mixture output and its loss, sampling, the window, the network and
+generation. This is the plain reference; kernels.FastHandwritingModel computes the same fast (what
+training and generation use), tests/test_kernels.py holds the two together, docs/speed.md says how.
 """
 import itertools
 import math
@@ -115,32 +111,39 @@ def sequence_nll(model, offsets, mask, text=None, text_mask=None, state=None, re
     y, final_state, _ = model(inputs, text, text_mask, state=state)
     nll = point_nll(split_mixture(y.to(targets.dtype)), targets)  # fp32 loss under bf16 autocast
     target_mask = mask[:, 1:].to(nll.dtype)
-    if return_state:
-        return (nll * target_mask).sum(), target_mask.sum(), final_state
-    return (nll * target_mask).sum(), target_mask.sum()
+    totals = (nll * target_mask).sum(), target_mask.sum()
+    return totals + (final_state,) if return_state else totals
 
 
 # ----------------------------------------------------------------------------- sampling
 
 def draw_noise(steps, batch_size, generator=None, dtype=torch.float32, device=None):
-    """The randomness of `steps` points of `batch_size` lines, drawn at once: (steps, B, 4), per
-    point two uniforms (which component; whether the pen lifts) and two standard normals (dx, dy).
-    Drawing it in blocks, not point by point, spares sampling two calls into the generator a point."""
-    uniforms = torch.rand(steps, batch_size, 2, generator=generator, dtype=dtype, device=device)
-    normals = torch.randn(steps, batch_size, 2, generator=generator, dtype=dtype, device=device)
-    return torch.cat([uniforms, normals], dim=-1)
+    """The randomness of `steps` points of `batch_size` lines at once: (steps, B, 4) uniforms in
+    [0, 1), [u_component, u_end_of_stroke, u_1, u_2] a point (see sample_mixture). Uniforms only, so
+    that another implementation (the browser's, web/) writes the same strokes from the same numbers."""
+    return torch.rand(steps, batch_size, 4, generator=generator, dtype=dtype, device=device)
+
+
+def standard_normals(u_1, u_2):
+    """Two independent standard normals from two uniforms in [0, 1) (Box-Muller): r = sqrt(-2 ln(1 - u_1))
+    at the angle 2 pi u_2. 1 - u_1 > 0, so the logarithm is finite."""
+    radius = torch.sqrt(-2 * torch.log(1 - u_1))
+    angle = 2 * math.pi * u_2
+    return radius * torch.cos(angle), radius * torch.sin(angle)
 
 
 def sample_mixture(mix, generator=None, noise=None):
     """Draw one point [end_of_stroke, dx, dy] per batch row from a Mixture of shape (B, M).
 
-    noise (B, 4) is draw_noise's [u_component, u_end_of_stroke, n_x, n_y] (drawn here if None):
-    the component is the first whose cumulative weight passes u_component (the inverse CDF), and
-    (dx, dy) = mu + the Cholesky factor of the component's covariance times (n_x, n_y).
+    noise (B, 4) is draw_noise's [u_component, u_end_of_stroke, u_1, u_2] (drawn here if None):
+    the component is the first whose cumulative weight passes u_component (the inverse CDF);
+    (dx, dy) = mu + the Cholesky factor of the component's covariance times (n_x, n_y), the
+    standard normals of u_1 and u_2; the pen lifts where u_end_of_stroke < P(end_of_stroke).
     """
     if noise is None:
         noise = draw_noise(1, mix.mu_x.shape[0], generator, mix.mu_x.dtype, mix.mu_x.device)[0]
-    u_component, u_end_of_stroke, n_x, n_y = noise.unbind(-1)
+    u_component, u_end_of_stroke, u_1, u_2 = noise.unbind(-1)
+    n_x, n_y = standard_normals(u_1, u_2)
     cdf = mix.log_weights.exp().cumsum(-1)
     # u times the total, which rounding moves off 1; the clamp keeps u = 1 - eps in range
     component = (cdf < u_component.unsqueeze(-1) * cdf[..., -1:]).sum(-1, keepdim=True)
@@ -153,6 +156,17 @@ def sample_mixture(mix, generator=None, noise=None):
     dy = mu_y + sigma_y * (rho * n_x + torch.sqrt(1 - rho ** 2) * n_y)
     end_of_stroke = (u_end_of_stroke < torch.sigmoid(mix.eos_logit)).to(dx.dtype)
     return torch.stack([end_of_stroke, dx, dy], dim=-1)
+
+
+def checked_uniforms(uniforms, lines, dtype):
+    """generate()'s explicit draws as an array (points, lines, 4) of `dtype`, each in [0, 1)."""
+    array = np.asarray(uniforms, dtype=dtype)
+    if array.ndim != 3 or array.shape[1:] != (lines, 4):
+        raise ValueError(f"uniforms must be an array (points, {lines} lines, 4), not of shape {array.shape}")
+    outside = array[~((array >= 0) & (array < 1))]
+    if outside.size:
+        raise ValueError(f"uniforms must lie in [0, 1) (as {np.dtype(dtype).name}), not {outside[:3]}")
+    return array
 
 
 # ----------------------------------------------------------------------------- attention window
@@ -193,11 +207,8 @@ def finished(phi_text, phi_after):
     return phi_after > phi_text.max(axis=-1)
 
 
-# The step cap: a line that has not finished by Graves' rule after this many points per character
-# (+1) is stopped and reported as stalled. Real lines take a median of 21 points per character, 41
-# (training) and 45 (validation) at the 99.9th percentile; sampling with a bias writes with shorter
-# steps, up to ~53 for a model of epoch 12 at bias 1-2, its window still moving. Nearly twice the
-# real lines' pace leaves such slow lines alone and still catches a window that does not move on.
+# The step cap: a line not finished by Graves' rule after this many points per character (+1) is
+# stopped, stalled. Real lines take 21 a character (median), 45 at most; why 80: docs/generation.md.
 MAX_POINTS_PER_CHAR = 80
 
 # generate() draws its randomness for this many points at a time (draw_noise); part of what a
@@ -247,27 +258,20 @@ class HandwritingModel(nn.Module):
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)  # nn.LSTM's own default, for every layer alike
         # forget gates start open (bias 1) so gradients reach far back from the start
-        for bias in self._forget_gate_biases():
+        layer1_bias = self.layer1_input.bias if self.config.task == "synthesis" else self.layer1.bias_ih_l0
+        for bias in [layer1_bias, self.layer2.bias_ih_l0]:
             bias.data[H:2 * H] += 1.0
         if self.config.task == "synthesis":
             # start the window moving slowly: exp(-3) ~ 0.05 characters per point, near the
             # data's ~25 points per character
             self.window_layer.bias.data[2 * self.config.K:] = -3.0
 
-    def _forget_gate_biases(self):
-        if self.config.task == "synthesis":
-            yield self.layer1_input.bias
-        else:
-            yield self.layer1.bias_ih_l0
-        yield self.layer2.bias_ih_l0
-
     def initial_state(self, batch_size, device=None):
         weight = self.output_layer.weight
         zeros = lambda n: torch.zeros(batch_size, n, device=device or weight.device, dtype=weight.dtype)
         H = self.config.cell_size
-        if self.config.task == "synthesis":
-            return State(zeros(H), zeros(H), zeros(H), zeros(H), zeros(self.config.K), zeros(self.window_size))
-        return State(zeros(H), zeros(H), zeros(H), zeros(H))
+        window = (zeros(self.config.K), zeros(self.window_size)) if self.config.task == "synthesis" else ()
+        return State(zeros(H), zeros(H), zeros(H), zeros(H), *window)
 
     def forward(self, offsets, text=None, text_mask=None, state=None, return_phi=False):
         """Run the network over offsets (B, T, 3).
@@ -324,7 +328,7 @@ class HandwritingModel(nn.Module):
 
     @torch.inference_mode()
     def generate(self, start, length=None, text=None, text_mask=None, bias=0.0, generator=None,
-                 max_points_per_char=MAX_POINTS_PER_CHAR, prime=None, prime_chars=None):
+                 max_points_per_char=MAX_POINTS_PER_CHAR, prime=None, prime_chars=None, uniforms=None):
         """Sample pen offsets point by point, all lines as one batch (Graves sections 4 and 5).
 
         start (B, 3): each line's first input row in normalised units (training lines all start
@@ -339,6 +343,9 @@ class HandwritingModel(nn.Module):
         teacher-forced, in one forward call from the initial state; the last row then plays
         start's part, so the state (h, c, kappa, window) carries on into sampling the rest of the
         text. The step cap counts only the characters after the prime's.
+
+        uniforms (points, B, 4), numbers in [0, 1), are the draws of each point (draw_noise's), in
+        place of the generator's: a row for every point a line writes.
 
         Returns (offsets, phis, capped): offsets[b] float32 (T_b + 1, 3), normalised, starting
         with the line's first input row (start[b], or the last row of its prime); phis[b]
@@ -361,7 +368,12 @@ class HandwritingModel(nn.Module):
         else:
             caps = np.full(B, length - 1)
         x, state = self._first_input(start, text, text_mask, prime)
-        offsets, phis, steps = self._sample_points(x, state, caps, text, text_mask, bias, generator)
+        if uniforms is None:  # drawn NOISE_BLOCK points at a time
+            uniforms = (draw_noise(NOISE_BLOCK, B, generator, self.output_layer.weight.dtype).numpy()
+                        for _ in itertools.count())
+        else:
+            uniforms = [checked_uniforms(uniforms, B, x.dtype)]
+        offsets, phis, steps = self._sample_points(x, state, caps, text, text_mask, bias, uniforms)
         lines = [offsets[b, :steps[b] + 1] for b in range(B)]
         if not synthesis:
             return lines, None, [False] * B
@@ -395,25 +407,32 @@ class HandwritingModel(nn.Module):
             states.append(state)
         return State(*(torch.cat(parts) for parts in zip(*states)))
 
-    def _sample_points(self, x, state, caps, text, text_mask, bias, generator):
+    def _sample_points(self, x, state, caps, text, text_mask, bias, uniforms):
         """Point after point from x (B, 3) and state until every line has finished or reached its
-        cap. Returns offsets (B, T + 1, 3) float32 (x first), the windows phi (B, T, U) float32
-        (synthesis; else None) and each line's number of points (B,)."""
+        cap, each point from a row of the blocks of uniforms (NumPy arrays (points, B, 4)) in turn.
+        Returns offsets (B, T + 1, 3) float32 (x first), the window phi that fed each step (B, >= T,
+        U) float32 (synthesis; else None) and each line's number of points T_b <= T (B,)."""
         B = len(x)
         points, phis = [x], []
         steps = np.zeros(B, dtype=np.int64)  # points generated per line
         done = np.zeros(B, dtype=bool)
         step = self.generation_step(text, text_mask)
+        uniforms, block, first = iter(uniforms), [], 0
         for t in itertools.count():
-            if t % NOISE_BLOCK == 0:
-                noise = draw_noise(NOISE_BLOCK, B, generator, self.output_layer.weight.dtype).numpy()
             y, state, phi, phi_after = step(x, state)
             if text is not None:
                 # phi(t, .) was computed after reading point t and decides point t+1: if the
                 # window has moved past the text, the line ends here, without that point
                 done |= finished(phi, phi_after)
                 phis.append(phi)
-            x = step.sample(y, bias, noise[t % NOISE_BLOCK])
+                if done.all():
+                    break
+            while t - first == len(block):  # the next block of draws
+                block, first = next(uniforms, None), t
+                if block is None:
+                    raise ValueError(f"uniforms: {t} rows, and lines {np.flatnonzero(~done).tolist()} go on: "
+                                     "give a row for each point a line writes (up to its step cap)")
+            x = step.sample(y, bias, block[t - first])
             points.append(x)
             steps += ~done
             done |= steps >= caps
@@ -440,18 +459,16 @@ class ForwardStep:
 
     def __call__(self, x, state):
         device = self.model.output_layer.weight.device
-        tensor = lambda a: None if a is None else torch.from_numpy(a).to(device)
-        x, state = tensor(x), State(*(tensor(s) for s in state))
-        array = lambda t: None if t is None else t.cpu().numpy()
-        y, new_state, phi = self.model(x[:, None], self.text, self.text_mask, state=state,
-                                       return_phi=self.text is not None)
+        x, state = torch.from_numpy(x).to(device), State(*(None if s is None else torch.from_numpy(s).to(device)
+                                                           for s in state))
+        y, new_state, phi = self.model(x[:, None], self.text, self.text_mask, state=state, return_phi=True)
+        arrays = lambda *tensors: [None if t is None else t.cpu().numpy() for t in tensors]
         if self.text is None:
-            return array(y[:, 0]), State(*(array(s) for s in new_state)), None, None
+            return *arrays(y[:, 0]), State(*arrays(*new_state)), None, None
         alpha_hat, beta_hat, kappa_hat = self.model.window_layer(new_state.h1).chunk(3, dim=1)
-        past_text = torch.ones(x.shape[0], self.text.shape[1] + 1, dtype=x.dtype, device=device)
+        past_text = torch.ones(len(x), self.text.shape[1] + 1, dtype=x.dtype, device=device)
         phi_all, _ = window_weights(alpha_hat, beta_hat, kappa_hat, state.kappa, past_text)
-        phi_after = phi_all.gather(1, self.lengths).squeeze(1)
-        return array(y[:, 0]), State(*(array(s) for s in new_state)), array(phi[:, 0]), array(phi_after)
+        return *arrays(y[:, 0]), State(*arrays(*new_state)), *arrays(phi[:, 0], phi_all.gather(1, self.lengths)[:, 0])
 
     @staticmethod
     def sample(y, bias, noise):

@@ -307,7 +307,7 @@ def test_weight_bytes_per_point_counts_what_a_generation_step_reads():
         config = ModelConfig(task=task, cell_size=16, num_clusters=3, K=2, alphabet_size=7)
         net = HandwritingModel(config)
         text = torch.zeros(1, 4, dtype=torch.int64)
-        step = kernels.GenerationStep(net, text, torch.ones(1, 4)) if task == "synthesis" else kernels.GenerationStep(net)
+        step = kernels.GenerationStep(net, *((text, torch.ones(1, 4)) if task == "synthesis" else ()))
         layers = [step.layer1, step.layer2, step.output] + ([step.window_layer] if task == "synthesis" else [])
         read = sum(weight.numel() * weight.element_size() + bias.numel() * bias.element_size()
                    for weight, bias, _, _ in layers)

@@ -405,9 +405,9 @@ def test_a_stalled_page_line_is_retried_with_the_next_seed_then_reported(writer,
     attempts = []
     real_write = Writer._write
 
-    def write(self, texts, primes, bias, seed, max_points_per_char):
+    def write(self, texts, primes, bias, seed, max_points_per_char, uniforms=None):
         attempts.append((texts[0], seed, primes[0].text if primes is not None else None))
-        writing = real_write(self, texts, primes, bias, seed, max_points_per_char)
+        writing = real_write(self, texts, primes, bias, seed, max_points_per_char, uniforms)
         writing.capped = [seed in stalls]
         return writing
 
@@ -431,9 +431,9 @@ def test_stalled_lines_of_a_batch_are_written_again_with_the_next_seeds(writer, 
     attempts = []
     real_write = Writer._write
 
-    def write(self, texts, primes, bias, seed, max_points_per_char):
+    def write(self, texts, primes, bias, seed, max_points_per_char, uniforms=None):
         attempts.append((tuple(texts), seed, tuple(p.text for p in primes)))
-        writing = real_write(self, texts, primes, bias, seed, max_points_per_char)
+        writing = real_write(self, texts, primes, bias, seed, max_points_per_char, uniforms)
         writing.capped = [(text, seed) in stalls for text in texts]
         return writing
 
@@ -655,3 +655,24 @@ def test_several_hands_options_are_checked(flags, error, capsys):
     with pytest.raises(SystemExit) as exit:
         generate.parse_args(["--text", "ab", *flags])
     assert exit.value.code == 2 and error in capsys.readouterr().err
+
+
+def test_write_from_uniforms_writes_what_the_seeds_draws_write_and_does_not_retry(writer, monkeypatch):
+    """Writer.write(uniforms=...) takes the draws in place of the seed's: the seed's own draws
+    (model.draw_noise) give the seed's lines. A stalled line is kept as it is, not written again."""
+    texts = ["abc", "b a"]
+    seeded = writer.write(texts, bias=0.5, seed=5, max_points_per_char=10, retries=0)  # one attempt, as below
+    draws = model_module.draw_noise(model_module.NOISE_BLOCK, 2, torch.Generator().manual_seed(5)).numpy()
+    given = writer.write(texts, bias=0.5, uniforms=draws, max_points_per_char=10)
+    assert given.capped == seeded.capped
+    for a, b in zip(given.lines + given.phis, seeded.lines + seeded.phis):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"uniforms must be an array \(points, 2 lines, 4\)"):
+        writer.write(texts, uniforms=draws[:, :1])
+    set_window(writer.model, 0.0, 0.0, -30.0)  # the window never moves: every line stalls
+    calls = []
+    generate_once = writer.model.generate
+    monkeypatch.setattr(writer.model, "generate", lambda *a, **k: calls.append(1) or generate_once(*a, **k))
+    with pytest.warns(UserWarning, match="stalled"):
+        stalled = writer.write(["ab"], uniforms=draws[:, :1], max_points_per_char=10)
+    assert stalled.capped == [True] and len(calls) == 1

@@ -122,14 +122,17 @@ def test_generation_step_is_the_plain_step_through_forward(task):
 
 @pytest.mark.parametrize("task", ["synthesis", "rand_write"])
 def test_fast_and_plain_models_generate_the_same_lines(task):
-    """The same seed writes the same lines, and the same lines end by Graves' rule at the same
-    point (float64, so that no rounding flips a sampled pen lift); synthesis also primed."""
+    """The same seed, or the same stream of uniforms, writes the same lines, and the same lines end
+    by Graves' rule at the same point (float64, so that no rounding flips a sampled pen lift);
+    synthesis also primed."""
     plain, fast = model_pair(task, torch.float64)
     offsets, _, text, text_mask, _ = batch(torch.float64)
-    runs = [dict(length=30)] if task == "rand_write" else [
+    uniforms = np.random.default_rng(5).random((36, 3, 4))  # an explicit stream, as the browser's engine draws
+    runs = [dict(length=30), dict(length=30, uniforms=uniforms)] if task == "rand_write" else [
         dict(text=text, text_mask=text_mask, max_points_per_char=6),
-        dict(text=text, text_mask=text_mask, max_points_per_char=6, prime=[offsets[0, :7], offsets[1, :3], offsets[2, :1]],
-             prime_chars=[2, 1, 0])]
+        dict(text=text, text_mask=text_mask, max_points_per_char=6,
+             prime=[offsets[0, :7], offsets[1, :3], offsets[2, :1]], prime_chars=[2, 1, 0]),
+        dict(text=text, text_mask=text_mask, max_points_per_char=6, uniforms=uniforms)]
     for options in runs:
         start = None if "prime" in options else torch.zeros(3, 3)
         written = [model.generate(start, bias=0.5, generator=torch.Generator().manual_seed(4), **options)
@@ -169,7 +172,8 @@ def recurrence_inputs(B=3, T=6, H=5, K=2, U=4, A=7, dtype=torch.float32, seed=2)
     torch.manual_seed(seed)
     d = dict(dtype=dtype)
     leaves = [torch.randn(B, T, 4 * H, **d), torch.randn(B, H, **d), torch.randn(B, H, **d), torch.rand(B, K, **d),
-              torch.rand(B, A, **d), torch.randn(4 * H, H + A, **d), torch.randn(3 * K, H, **d), torch.randn(3 * K, **d)]
+              torch.rand(B, A, **d), torch.randn(4 * H, H + A, **d), torch.randn(3 * K, H, **d),
+              torch.randn(3 * K, **d)]
     text = torch.randint(0, A, (B, U))
     text_mask = torch.ones(B, U, dtype=dtype)
     text_mask[1, 3:] = 0
@@ -233,7 +237,8 @@ def step_function_inputs(n=2, B=3, H=5, K=2, U=4, A=7, seed=6):
     from an eager forward run."""
     torch.manual_seed(seed)
     W, window_weight, window_bias = torch.randn(H + A, 4 * H), torch.randn(3 * K, H), torch.randn(3 * K)
-    text, text_mask = torch.randint(0, A, (B, U)), torch.tensor([[1.0] * U, [1.0] * (U - 1) + [0.0], [1.0] + [0.0] * (U - 1)])
+    text = torch.randint(0, A, (B, U))
+    text_mask = torch.tensor([[1.0] * U, [1.0] * (U - 1) + [0.0], [1.0] + [0.0] * (U - 1)])  # two texts padded
     forward = (torch.randn(B, n, 4 * H), torch.randn(B, H), torch.randn(B, H), torch.rand(B, K), torch.rand(B, A),
                W, window_weight, window_bias, text, text_mask, torch.float32)
     _, cs, _, _, acts, ps, _ = zip(*kernels._forward_steps(*forward))

@@ -291,31 +291,51 @@ def test_sample_mixture_with_saturated_rho_stays_finite():
     assert (x[:, 0] == 1).all()
 
 
-def test_sample_mixture_draws_the_component_and_offset_that_the_noise_gives():
+def test_sample_mixture_draws_the_component_and_offset_that_the_uniforms_give():
+    """Four uniforms a point, by hand: the component by the inverse CDF of the weights at u_component;
+    Box-Muller normals n = r (cos 2 pi u_2, sin 2 pi u_2) with r = sqrt(-2 ln(1 - u_1)), so
+    u_1 = 1 - exp(-r^2 / 2) gives radius r; dx = mu_x + sigma_x n_x,
+    dy = mu_y + sigma_y (rho n_x + sqrt(1 - rho^2) n_y); the pen lifts where u_end_of_stroke < sigmoid(0) = 0.5."""
     # weights (0.2, 0.5, 0.3): cumulative 0.2, 0.7, 1.0, so u = 0.1, 0.65, 0.71, 0.999 pick 0, 1, 2, 2
     row = lambda v: torch.tensor(v, dtype=torch.float64).repeat(4, 1)
     mix = Mixture(row(np.log([0.2, 0.5, 0.3])), row([1.0, 2.0, 3.0]), row([-1.0, -2.0, -3.0]),
                   row(np.log([0.5, 1.0, 2.0])), row(np.log([0.25, 0.5, 4.0])), row(np.arctanh([0.0, 0.6, -0.8])),
                   torch.zeros(4, dtype=torch.float64))
-    noise = torch.tensor([[0.1, 0.3, 1.0, 2.0], [0.65, 0.7, -1.0, 0.5], [0.71, 0.49, 0.5, -1.0],
-                          [0.999, 0.51, 2.0, 1.0]], dtype=torch.float64)
+    radius_1, radius_2 = 1 - math.exp(-0.5), 1 - math.exp(-2.0)
+    noise = torch.tensor([[0.1, 0.3, radius_1, 0.0],        # n = (1, 0)
+                          [0.65, 0.7, radius_2, 0.5],       # n = (-2, 0)
+                          [0.71, 0.49, radius_1, 0.25],     # n = (0, 1)
+                          [0.999, 0.51, radius_2, 0.125]],  # n = (sqrt 2, sqrt 2)
+                         dtype=torch.float64)
     x = sample_mixture(mix, noise=noise).numpy()
-    # dx = mu_x + sigma_x n_x; dy = mu_y + sigma_y (rho n_x + sqrt(1 - rho^2) n_y); lift if u < 0.5
-    expected = [[1, 1 + 0.5 * 1.0, -1 + 0.25 * 2.0],
-                [0, 2 + 1.0 * -1.0, -2 + 0.5 * (0.6 * -1.0 + 0.8 * 0.5)],
-                [1, 3 + 2.0 * 0.5, -3 + 4.0 * (-0.8 * 0.5 + 0.6 * -1.0)],
-                [0, 3 + 2.0 * 2.0, -3 + 4.0 * (-0.8 * 2.0 + 0.6 * 1.0)]]
+    r2 = math.sqrt(2)
+    expected = [[1, 1 + 0.5 * 1, -1 + 0.25 * (0 * 1 + 1 * 0)],
+                [0, 2 + 1.0 * -2, -2 + 0.5 * (0.6 * -2 + 0.8 * 0)],
+                [1, 3 + 2.0 * 0, -3 + 4.0 * (-0.8 * 0 + 0.6 * 1)],
+                [0, 3 + 2.0 * r2, -3 + 4.0 * (-0.8 * r2 + 0.6 * r2)]]
     np.testing.assert_allclose(x, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_draw_noise_is_uniforms_then_normals_and_seeded():
+def test_standard_normals_of_uniforms_are_standard_normal_and_independent():
+    from model import standard_normals
+    u = torch.rand(2, 200_000, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    n_x, n_y = standard_normals(u[0], u[1])
+    # 200,000 draws: standard errors of a mean 0.0022, of a variance 0.0032, of a correlation 0.0022
+    for n in (n_x, n_y):
+        assert abs(n.mean()) < 0.011 and abs(n.var() - 1) < 0.016
+        assert abs((n.abs() < 1).double().mean() - 0.682689) < 0.005  # the normal's mass within one sigma
+    assert abs(torch.corrcoef(torch.stack([n_x, n_y]))[0, 1]) < 0.011
+    zero = torch.zeros(1, dtype=torch.float64)
+    assert standard_normals(zero, zero)[0].item() == 0.0  # u_1 = 0: radius 0, no log of 0
+
+
+def test_draw_noise_is_four_seeded_uniforms_a_point():
     noise = draw_noise(500, 40, torch.Generator().manual_seed(0))
     assert noise.shape == (500, 40, 4)
-    uniforms, normals = noise[..., :2], noise[..., 2:]
-    assert (uniforms >= 0).all() and (uniforms < 1).all()
-    assert abs(uniforms.mean() - 0.5) < 5 * (1 / 12) ** 0.5 / 200  # 40,000 draws: se 0.0014
-    assert abs(normals.mean()) < 5 / 200 and abs(normals.std() - 1) < 5 * 0.5 ** 0.5 / 200
+    assert (noise >= 0).all() and (noise < 1).all()
+    assert (abs(noise.mean((0, 1)) - 0.5) < 5 * (1 / 12) ** 0.5 / 141).all()  # 20,000 draws each: se 0.002
     assert torch.equal(noise, draw_noise(500, 40, torch.Generator().manual_seed(0)))
+    assert torch.equal(noise, torch.rand(500, 40, 4, generator=torch.Generator().manual_seed(0)))
 
 
 # ----------------------------------------------------------------------------- attention window
@@ -607,3 +627,35 @@ def test_generate_ends_a_line_by_graves_rule_or_at_its_cap():
         for line, phi in zip(lines, phis):
             assert phi.shape == (len(line) - 1, 3)
             assert len(line) - 1 == 20 if expected_capped else len(line) - 1 <= 5
+
+
+@pytest.mark.parametrize("task", ["rand_write", "synthesis"])
+def test_generate_from_uniforms_is_generate_from_the_seeds_draws(task):
+    """The draws a seed gives (draw_noise, NOISE_BLOCK points at a time), passed as uniforms, write
+    the same lines; a row for each point is enough, and a stream one row short says so."""
+    from model import NOISE_BLOCK
+    model = tiny(task)
+    _, text, text_mask = batch(U=3)
+    options = dict(length=12) if task == "rand_write" else dict(text=text, text_mask=text_mask, max_points_per_char=4)
+    start = torch.zeros(3, 3)
+    lines, phis, capped = model.generate(start, generator=torch.Generator().manual_seed(2), **options)
+    points = max(len(line) for line in lines) - 1
+    draws = draw_noise(NOISE_BLOCK, 3, torch.Generator().manual_seed(2), torch.float64).numpy()
+    again, phis_again, capped_again = model.generate(start, uniforms=draws[:points], **options)
+    assert capped_again == capped
+    for a, b in zip(again + (phis_again or []), lines + (phis or [])):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=f"uniforms: {points - 1} rows, and lines .* go on"):
+        model.generate(start, uniforms=draws[:points - 1], **options)
+
+
+def test_generate_refuses_uniforms_of_another_shape_or_outside_0_1():
+    model = tiny("rand_write")
+    start = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match=r"an array \(points, 2 lines, 4\), not of shape \(10, 3, 4\)"):
+        model.generate(start, length=5, uniforms=np.full((10, 3, 4), 0.5))
+    for bad in [1.0, -0.1, np.nan]:
+        uniforms = np.full((10, 2, 4), 0.5)
+        uniforms[3, 1, 2] = bad
+        with pytest.raises(ValueError, match=r"must lie in \[0, 1\)"):
+            model.generate(start, length=5, uniforms=uniforms)
