@@ -33,6 +33,7 @@ one below the other in one style (Writer.write_page).
 """
 import argparse
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import arguments
 import checkpoint
@@ -50,6 +52,30 @@ from model import MAX_POINTS_PER_CHAR
 
 DRAWING_FORMATS = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
 RETRIES = 3  # a stalled line is written again with the next seed, up to this many times
+
+# Bounds on the work of one call (docs/reliability.md).
+# A line's characters: IAM-OnDB's lines have at most 64 (its validation lines 47), so the network
+# learnt lines of ~1,900 points at most; yet the shipped model wrote texts of 100, 150, 200 and 300
+# characters to their end (seed 0, bias 1, ~22 points a character: 6,800 points for 300). 200, three
+# times the longest line it learnt, keeps well inside that; a longer text is wrapped into lines (--width).
+MAX_LINE_CHARS = 200
+MAX_TEXTS = arguments.MAX_SAMPLE_LINES  # lines one command writes (texts x hands), as rand_write's --num_samples
+MAX_TEXT_FILE_BYTES = 2 ** 20           # --text_file: 1,000 lines of 200 characters take a fifth of it
+# write() writes its texts in batches of at most MAX_BATCH_LINES lines whose record of the window
+# (float32 phi: lines x step cap x characters) fits BATCH_WINDOW_BYTES: 64 lines of IAM-OnDB's longest
+# text take 86 MB; 200-character lines go 19 at a time.
+MAX_BATCH_LINES = 64
+BATCH_WINDOW_BYTES = 256 * 2 ** 20
+# A prime's text and ink agree when, once the network has read the ink, its window's peak lies within
+# this many characters of the space that joins the prime's text to the new one (check_prime_window).
+# Measured with the shipped model on 100 validation lines (Prime.from_data, text "hello world"):
+# with their own texts the peak was on the space for 84, 1 character off for 12, 2 or 3 off for 2,
+# and 5 before and 6 after for one each (the latter's ink holds a word its text marks struck out, #).
+# Caught: the text 'A' (all 100: 5 or more after), half the text (98), the text twice (100: 8 or more
+# before), the last word dropped (78), " and" added (89), another line's text (67: the window tells
+# how long the text is, not its words). docs/reliability.md has the table.
+PRIME_WINDOW_SLACK = 3
+PRIME_CHECKS = ("stop", "warn", "off")
 
 
 # ----------------------------------------------------------------------------- the API
@@ -62,6 +88,9 @@ class Writing:
     texts: Optional[list] = None   # synthesis: the text of each line
     phis: Optional[list] = None    # synthesis: (T_b - 1, U_b) window on the text behind points 1 ...
     capped: Optional[list] = None  # synthesis: True where a line hit the step cap, unfinished
+    # primed lines: where the window's peak was once the network had read the prime, in characters
+    # after the space that joins the prime's text to the line's (None: past the whole text)
+    prime_window: Optional[list] = None
 
     def save(self, path, label=False):
         """Draw the lines, stacked, to a PNG or SVG (by extension); label writes each text above its line."""
@@ -88,6 +117,10 @@ class PrimeError(ValueError):
     """A prime that cannot be used; the message names its file and what is wrong."""
 
 
+class PrimeWarning(UserWarning):
+    """A prime whose text and ink seem to disagree (prime_check="warn")."""
+
+
 @dataclass
 class Prime:
     """A line of handwriting whose style to write in (Graves section 5.5): what it says, and its
@@ -96,6 +129,7 @@ class Prime:
     prime the next. Any scale: the network reads every prime at the data's pace (ink.as_read)."""
     text: str
     offsets: np.ndarray
+    name: Optional[str] = None  # where it came from (its file, --prime_line ID), for messages
 
     @classmethod
     def read(cls, path, text=None):
@@ -112,19 +146,68 @@ class Prime:
         text = text if text is not None else file_text
         if not text or not text.strip():
             raise PrimeError(f"{path}: the file does not say what is written; pass its text (--prime_text)")
-        return cls(text.strip(), offsets)
+        return cls(text.strip(), offsets, os.fspath(path))
 
     @classmethod
     def from_data(cls, line_id, data_dir="data"):
-        """A line of the processed data by its id (e.g. a01-003-01): validation.npz, then train.npz."""
+        """A line of the processed data by its id (e.g. a01-003-01): validation.npz, then train.npz.
+        PrimeError, in a sentence, for a split that is not a regular file or not data_preprocessing.py's."""
         for split in ("validation", "train"):
-            data = dataset.load_data(os.path.join(data_dir, f"{split}.npz"))
+            data = load_split(os.path.join(data_dir, f"{split}.npz"))
             if line_id in data.line_ids:
                 i = data.line_ids.index(line_id)
-                return cls(data.texts[i], data.normalisation.to_pen_units(data.offsets[i]))
+                return cls(data.texts[i], data.normalisation.to_pen_units(data.offsets[i]), f"--prime_line {line_id}")
         example = data.line_ids[0] if data.line_ids else "a01-003-01"
         raise PrimeError(f"--prime_line {line_id}: no line of that id in {data_dir}/validation.npz or "
                          f"train.npz (ids look like {example})")
+
+
+def load_split(path):
+    """dataset.load_data(path) for a prime: FileNotFoundError where it is missing, PrimeError where
+    it is no regular file or not a split that data_preprocessing.py wrote."""
+    if not os.path.exists(path):
+        return dataset.load_data(path)  # its FileNotFoundError says how to make one
+    try:
+        ink.open_regular_file(path, os.stat(path).st_size).close()  # a pipe would block np.load
+        data = dataset.load_data(path)
+        if not len(data.offsets) == len(data.texts) == len(data.line_ids):
+            raise ValueError("its arrays disagree in length")
+        return data
+    except ink.BadFile as e:
+        raise PrimeError(f"--prime_line: {e}") from None
+    except Exception as e:  # np.load and the arrays raise many kinds for a file of another kind
+        raise PrimeError(f"--prime_line: {path} is not a split data_preprocessing.py wrote ({type(e).__name__}: "
+                         f"{str(e)[:80]}); remake it with python data_preprocessing.py") from None
+
+
+def window_after_prime(phi, prime_chars):
+    """Where the window's peak is once the network has read a prime, in characters after the space
+    that joins the prime's text to the line's: phi (T, U) is the window behind each point of the
+    primed line over the joined text, row 0 the one at the prime's last point. None where the window
+    is past the whole text: the line ended right there (no rows), or every character is so far behind
+    the window that its weight has reached the floor of window_exp (a flat row)."""
+    if len(phi) == 0 or not np.ptp(phi[0]) > 0:
+        return None
+    return int(np.argmax(phi[0])) - (prime_chars - 1)
+
+
+def check_prime_window(prime, off, check="stop"):
+    """Whether a prime's text and ink agree, told by the network's window where it has read the ink
+    (off: window_after_prime): its peak must lie within PRIME_WINDOW_SLACK characters of the space
+    after the prime's text. Otherwise PrimeError ("stop") or PrimeWarning ("warn"), naming the
+    prime and what to fix; "off" looks at nothing."""
+    if check == "off" or (off is not None and abs(off) <= PRIME_WINDOW_SLACK):
+        return
+    where = ("the network's window had gone past the end of the whole text" if off is None else
+             f"the network's window was already {off} characters into the new text" if off > 0 else
+             f"{-off} characters of its text are still unread by the network's window")
+    fix = ("pick another line, its text in the data does not match its ink" if (prime.name or "").startswith("--prime_line")
+           else "give the prime's text as its ink writes it, word for word (--prime_text)")
+    message = (f"{prime.name or 'the prime'} ({prime.text!r}): its text and its ink disagree: when its ink ended, "
+               f"{where} (at most {PRIME_WINDOW_SLACK} allowed): {fix}; --prime_check warn writes anyway")
+    if check == "stop":
+        raise PrimeError(message)
+    warnings.warn(message, PrimeWarning)
 
 
 def wrap_words(text, width):
@@ -202,8 +285,12 @@ class Writer:
         return ink.median_step(self.normalisation.std)
 
     def prime_as_read(self, prime):
-        """A Prime's offsets as the network reads them, in pen units (ink.as_read, at the data's pace)."""
-        return ink.as_read(prime.offsets, self.median_step)[0]
+        """A Prime's offsets as the network reads them, in pen units (ink.as_read, at the data's pace);
+        PrimeError for offsets that no line of ink has (ink.checked_offsets)."""
+        try:
+            return ink.as_read(prime.offsets, self.median_step)[0]
+        except ink.BadFile as e:
+            raise PrimeError(f"{prime.name or 'the prime'}: {e}") from None
 
     def prime_offsets(self, prime):
         """A Prime's offsets as the network reads them, normalised (float64 tensor (T, 3))."""
@@ -231,8 +318,8 @@ class Writer:
     # ------------------------------------------------------------------------- writing
 
     def write(self, texts, bias=0.0, seed=None, max_points_per_char=MAX_POINTS_PER_CHAR, prime=None,
-              retries=RETRIES, uniforms=None):
-        """Write each text as one line (synthesis), all as one batch; returns a Writing in pen units.
+              retries=RETRIES, prime_check="warn", progress=False, uniforms=None):
+        """Write each text as one line (synthesis), in batches; returns a Writing in pen units.
 
         bias is Graves' sampling bias (section 5.2): 0 samples the model as trained, larger writes
         more neatly. The same seed gives the same strokes; None draws a fresh one (Writing.seed).
@@ -243,6 +330,13 @@ class Writer:
         (’ as ', é as e: dataset.spelled_in), else as spaces, with a warning; Writing.texts holds
         the texts as written.
 
+        Bounded work: a text (and a prime's text) may have MAX_LINE_CHARS characters; the texts
+        go in batches (write_batches: at most MAX_BATCH_LINES lines whose window record fits
+        BATCH_WINDOW_BYTES), each taking the next seed not yet used, so that a call that fits one
+        batch writes as it always did; progress=True shows a bar on stderr (from two batches on). prime_check
+        ("warn", "stop" or "off") says what a prime whose text and ink disagree gets
+        (check_prime_window).
+
         uniforms, an array (points, lines, 4) of numbers in [0, 1), are the random draws in place of
         the seed's (model.draw_noise: four a point and line, as the browser's engine draws them), so
         that another implementation can be held to this one; a stalled line is then not written
@@ -250,42 +344,90 @@ class Writer:
         """
         texts = [texts] if isinstance(texts, str) else list(texts)
         primes = None if prime is None else [prime] * len(texts) if isinstance(prime, Prime) else list(prime)
+        self.check_lengths(texts, primes)
         if uniforms is not None:
             uniforms, retries = np.asarray(uniforms), 0
             if uniforms.ndim != 3 or uniforms.shape[1:] != (len(texts), 4):
                 raise ValueError(f"uniforms must be an array (points, {len(texts)} lines, 4), not of shape {uniforms.shape}")
-        names = [f"line {b}" for b in range(len(texts))]
-        writing, _ = self._write_to_the_end(texts, primes, bias, fresh_seed() if seed is None else seed,
-                                            max_points_per_char, retries, names, uniforms)
-        return writing
+        next_seed = first_seed = fresh_seed() if seed is None else seed
+        parts, batches = [], self.write_batches(texts, primes, max_points_per_char)
+        with tqdm(total=len(texts), unit="line", disable=not progress or len(batches) < 2, file=sys.stderr) as bar:
+            for batch in batches:
+                part, next_seed = self._write_to_the_end(
+                    [texts[b] for b in batch], None if primes is None else [primes[b] for b in batch], bias, next_seed,
+                    max_points_per_char, retries, [f"line {b}" for b in batch], prime_check,
+                    None if uniforms is None else uniforms[:, batch])
+                parts.append(part)
+                bar.update(len(batch))
+        joined = lambda field: [value for part in parts for value in getattr(part, field)]
+        return Writing(joined("lines"), first_seed, joined("texts"), joined("phis"), joined("capped"),
+                       None if primes is None else joined("prime_window"))
+
+    def check_lengths(self, texts, primes):
+        """ValueError for a text or a prime's text longer than MAX_LINE_CHARS (see there why)."""
+        for text in texts:
+            if len(text) > MAX_LINE_CHARS:
+                raise ValueError(f"a text of {len(text)} characters ({text[:30]!r}...): a line may have at most "
+                                 f"{MAX_LINE_CHARS}; write a long text as a page of lines (write_page with wrap_words, "
+                                 "--width N)")
+        for prime in primes or []:
+            if len(prime.text) > MAX_LINE_CHARS:
+                raise ValueError(f"{prime.name or 'a prime'}: the prime's text has {len(prime.text)} characters; a line "
+                                 f"may have at most {MAX_LINE_CHARS}: prime with one line of handwriting")
+
+    def write_batches(self, texts, primes, max_points_per_char):
+        """The texts' indices in batches, in order: at most MAX_BATCH_LINES lines whose record of the
+        window, lines x (their longest step cap) x (their longest text read) float32s, fits
+        BATCH_WINDOW_BYTES (a line alone always forms a batch)."""
+        batches, cap, read = [], 0, 0
+        for b, text in enumerate(texts):
+            line_cap = max_points_per_char * (len(text) + 1) + 1
+            line_read = len(text) + (0 if primes is None else len(primes[b].text) + 1)
+            batch = batches[-1] if batches else []
+            wider = max(cap, line_cap) * max(read, line_read) * 4 * (len(batch) + 1)
+            if not batch or len(batch) == MAX_BATCH_LINES or wider > BATCH_WINDOW_BYTES:
+                batches.append([b])
+                cap, read = line_cap, line_read
+            else:
+                batch.append(b)
+                cap, read = max(cap, line_cap), max(read, line_read)
+        return batches
 
     def write_page(self, lines, bias=0.0, seed=None, max_points_per_char=MAX_POINTS_PER_CHAR, prime=None,
-                   retries=RETRIES):
+                   retries=RETRIES, prime_check="warn", progress=False):
         """Write the lines of a page one after another, in one hand (wrap_words makes the lines).
 
         Each line is primed by `prime`, or, without one, by the last line of the page written to
         its end (the first line is then unprimed): a line passes on its style, a stalled one
         would pass on its scribble. No word may be dropped: a line that stalls is written again
         by the class's retry rule, each attempt with the next seed from `seed` (Writing.seed) on.
+        `prime` is checked as write() checks it (prime_check); the page's own lines, which the
+        network wrote to their ends, are not. progress=True shows a bar, a line at a time, on stderr.
         """
         lines = [lines] if isinstance(lines, str) else list(lines)
+        self.check_lengths(lines, None if prime is None else [prime])
         first_seed = seed = fresh_seed() if seed is None else seed
         written, previous = [], None
-        for number, text in enumerate(lines):
+        for number, text in enumerate(tqdm(lines, unit="line", disable=not progress or len(lines) < 2, file=sys.stderr)):
             hand = prime if prime is not None else previous
             line, seed = self._write_to_the_end([text], None if hand is None else [hand], bias, seed,
-                                                max_points_per_char, retries, [f"page line {number}"])
+                                                max_points_per_char, retries, [f"page line {number}"],
+                                                prime_check if prime is not None else "off")
             written.append(line)
             if not line.capped[0]:
                 previous = Prime(self.as_written(text), line.lines[0])
         return Writing([w.lines[0] for w in written], first_seed, [w.texts[0] for w in written],
                        [w.phis[0] for w in written], [w.capped[0] for w in written])
 
-    def _write_to_the_end(self, texts, primes, bias, seed, max_points_per_char, retries, names, uniforms=None):
+    def _write_to_the_end(self, texts, primes, bias, seed, max_points_per_char, retries, names, prime_check="off",
+                          uniforms=None):
         """Write `texts` as a batch (primes: one per text, or None) by the retry rule; a stalled
-        line that stays stalled is warned about by its name in `names`. Returns the Writing and
-        the next seed not yet used."""
+        line that stays stalled is warned about by its name in `names`. The primes are checked
+        after the first attempt (check_prime_window; the network reads a prime alike whatever the
+        seed). Returns the Writing and the next seed not yet used."""
         writing = self._write(texts, primes, bias, seed, max_points_per_char, uniforms)
+        for prime, off in zip(primes or [], writing.prime_window or []):
+            check_prime_window(prime, off, prime_check)
         next_seed = seed + 1
         stalled = [b for b, capped in enumerate(writing.capped) if capped]
         for _ in range(retries):
@@ -325,9 +467,11 @@ class Writer:
                                                     generator=generator, max_points_per_char=max_points_per_char,
                                                     prime=read_first, prime_chars=prime_chars, uniforms=uniforms)
         lines = [self.normalisation.to_pen_units(o) for o in offsets]
-        if primes is not None:
-            lines, phis = after_prime(lines, phis, prime_chars)
-        return Writing(lines, seed, texts, phis, capped)
+        if primes is None:
+            return Writing(lines, seed, texts, phis, capped)
+        where = [window_after_prime(phi, chars) for phi, chars in zip(phis, prime_chars)]
+        lines, phis = after_prime(lines, phis, prime_chars)
+        return Writing(lines, seed, texts, phis, capped, where)
 
     def sample(self, num_lines=4, length=700, bias=0.0, seed=None):
         """num_lines lines of `length` points each from an unconditional (rand_write) model."""
@@ -352,7 +496,7 @@ def after_prime(lines, phis, prime_chars):
     for line in lines:
         if len(line):
             line[0, 1:] = 0
-    return lines, [phi[1:, chars:] for phi, chars in zip(phis, prime_chars)]
+    return lines, [phi[1:, chars:].copy() for phi, chars in zip(phis, prime_chars)]  # a copy: the prime's part goes
 
 
 # ----------------------------------------------------------------------------- command line
@@ -375,6 +519,10 @@ def parse_args(argv=None):
     p.add_argument("--prime_line", metavar="LINE_ID", action="append",
                    help="prime with a line of the processed data, e.g. a01-003-01 (DATA_DIR/validation.npz "
                         "or train.npz); repeat to write the texts once in each of several hands")
+    p.add_argument("--prime_check", choices=PRIME_CHECKS, default="stop",
+                   help="a prime whose text and ink disagree (the network's window, having read the ink, is more "
+                        f"than {PRIME_WINDOW_SLACK} characters from the end of its text) stops the command (stop), "
+                        "is written with a warning (warn) or is not looked at (off)")
     p.add_argument("--show_primes", action="store_true",
                    help="draw each prime, as the network reads it, above the lines written in its hand")
     p.add_argument("--data_dir", default="data", help="where --prime_line looks")
@@ -430,6 +578,8 @@ def checked(p, args):
         p.error("a page (--width) is written in one hand: give one --prime_line")
     if args.width is not None:
         args.texts = wrap_words(" ".join(args.texts), args.width)
+    if args.task == "synthesis":
+        check_work(p, args)
     args.out = args.out or os.path.join("samples", f"{args.task}.png")
     for flag, path, formats in [("--out", args.out, DRAWING_FORMATS + (".gcode",)),
                                 ("--attention_out", args.attention_out, DRAWING_FORMATS)]:
@@ -457,22 +607,36 @@ def checked(p, args):
 
 
 def read_texts(p, args):
-    """The texts to write: each --text, then each non-empty line of --text_file."""
+    """The texts to write: each --text, then each non-empty line of --text_file (a regular file of
+    at most MAX_TEXT_FILE_BYTES: a pipe would block, a huge file would be written for hours)."""
     texts = list(args.text or [])
     if args.text_file:
         try:
-            with open(args.text_file, encoding="utf-8") as f:
-                texts += [line.rstrip("\r\n") for line in f if line.strip()]
+            content = ink.read_regular_file(args.text_file, MAX_TEXT_FILE_BYTES).decode("utf-8")
+            texts += [line for line in content.splitlines() if line.strip()]
         except UnicodeDecodeError as e:
             p.error(f"--text_file {args.text_file} is not UTF-8 text ({e.reason} at byte {e.start}); "
                     "save it as UTF-8")
-        except OSError as e:
-            p.error(f"--text_file {args.text_file}: {e.strerror}")
+        except ink.BadFile as e:
+            p.error(f"--text_file {e}" + ("; split it and write the parts in several runs" if "bytes" in str(e) else ""))
     if not texts:
         p.error("synthesis needs --text TEXT or --text_file FILE")
     if any(not t.strip() for t in texts):
         p.error("--text is empty (or whitespace only): there is nothing to write")
     return texts
+
+
+def check_work(p, args):
+    """p.error where the texts (after --width's wrapping) are more lines than MAX_TEXTS, or one is longer
+    than MAX_LINE_CHARS (see there why), with what to do instead."""
+    lines = len(args.texts) * max(1, len(args.prime_line or []))
+    if lines > MAX_TEXTS:
+        p.error(f"{lines:,} lines to write; at most {MAX_TEXTS:,} in one run: split the texts and write them in "
+                "several runs")
+    longest = max(args.texts, key=len)
+    if len(longest) > MAX_LINE_CHARS:
+        p.error(f"a line of {len(longest)} characters ({longest[:30]!r}...): the model writes lines of at most "
+                f"{MAX_LINE_CHARS}; write a long text as a page of shorter lines with --width N (e.g. --width 60)")
 
 
 def read_primes(args):
@@ -506,6 +670,20 @@ def why_unwritable(path, error):
     return f"{folder} is a file, not a folder" if not os.path.isdir(folder) else (error.strerror or str(error))
 
 
+def written(writer, args, primes):
+    """The Writing the options ask for: a page (--width), the texts in each hand, or rand_write's lines."""
+    if args.width:
+        return writer.write_page(args.texts, args.bias, args.seed, args.max_points_per_char,
+                                 primes[0] if primes else None, prime_check=args.prime_check, progress=True)
+    if args.task == "synthesis":
+        # several hands: every text once in each, hand after hand, in batches
+        texts = [text for _ in primes for text in args.texts] if primes else args.texts
+        hands = [prime for prime in primes for _ in args.texts] if primes else None
+        return writer.write(texts, args.bias, args.seed, args.max_points_per_char, hands,
+                            prime_check=args.prime_check, progress=True)
+    return writer.sample(args.num_samples, args.length, args.bias, args.seed)
+
+
 def main(argv=None):
     args = parse_args(argv)
     utils.set_threads(args.threads)
@@ -518,16 +696,10 @@ def main(argv=None):
         raise SystemExit(f"{args.checkpoint} holds a {writer.task} model, not {args.task}")
 
     started = time.time()
-    if args.width:
-        writing = writer.write_page(args.texts, args.bias, args.seed, args.max_points_per_char,
-                                    primes[0] if primes else None)
-    elif args.task == "synthesis":
-        # several hands: every text once in each, hand after hand, all in one batch
-        texts = [text for _ in primes for text in args.texts] if primes else args.texts
-        hands = [prime for prime in primes for _ in args.texts] if primes else None
-        writing = writer.write(texts, args.bias, args.seed, args.max_points_per_char, hands)
-    else:
-        writing = writer.sample(args.num_samples, args.length, args.bias, args.seed)
+    try:
+        writing = written(writer, args, primes)
+    except PrimeError as e:  # a prime whose text and ink disagree
+        raise SystemExit(str(e))
     print(f"{len(writing.lines)} line(s), {sum(len(l) for l in writing.lines)} points in "
           f"{time.time() - started:.2f} s (seed {writing.seed}, bias {args.bias}, {args.checkpoint})")
     if args.width:

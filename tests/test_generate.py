@@ -1,7 +1,9 @@
 """generate.py: the Writer API (lines, primes, pages and their retries) and the command line, and
 the model's generate() as the Writer drives it, on tiny checkpoints trained here (CPU, seconds)."""
+import json
 import math
 import os
+import warnings
 
 import matplotlib.image
 import numpy as np
@@ -622,7 +624,8 @@ def test_several_prime_lines_write_the_texts_once_in_each_hand(checkpoints, writ
     generate.main(["--checkpoint", checkpoints["synthesis"], "--prime_line", "line-2", "--prime_line", "line-0",
                    "--data_dir", data_dir, "--text", "ab", "--text", "ca", "--seed", "3",
                    "--max_points_per_char", "10", "--out", str(tmp_path / "hands.svg"),
-                   "--strokes_out", str(strokes_out)])
+                   "--strokes_out", str(strokes_out),
+                   "--prime_check", "off"])  # an untrained window says nothing of whether a prime's text is right
     hands = [Prime.from_data(line_id, data_dir) for line_id in ("line-2", "line-2", "line-0", "line-0")]
     writing = writer.write(["ab", "ca", "ab", "ca"], 0.0, 3, 10, prime=hands)
     with np.load(strokes_out) as saved:
@@ -655,6 +658,155 @@ def test_several_hands_options_are_checked(flags, error, capsys):
     with pytest.raises(SystemExit) as exit:
         generate.parse_args(["--text", "ab", *flags])
     assert exit.value.code == 2 and error in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- long work, bounded (issue 47)
+
+def test_a_line_longer_than_the_bound_is_refused_with_a_hint_to_use_width(writer, capsys):
+    too_long = "ab " * (generate.MAX_LINE_CHARS // 3) + "abc"
+    assert len(too_long) == generate.MAX_LINE_CHARS + 1
+    with pytest.raises(SystemExit) as exit:
+        generate.parse_args(["--text", too_long])
+    assert exit.value.code == 2
+    assert f"{generate.MAX_LINE_CHARS + 1} characters" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        generate.parse_args(["--text", too_long, "--task", "synthesis"])
+    assert "--width" in capsys.readouterr().err
+    assert generate.parse_args(["--text", too_long, "--width", "60"]).texts[0] == "ab " * 19 + "ab"  # wrapped
+    with pytest.raises(ValueError, match="write_page"):
+        writer.write([too_long])
+    with pytest.raises(ValueError, match=f"prime's text.*{generate.MAX_LINE_CHARS}"):
+        writer.write(["ab"], prime=Prime(too_long, loops(8)))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_text_file_is_read_only_if_it_is_a_regular_file_within_the_limits(tmp_path, capsys):
+    def refusal(path):
+        with pytest.raises(SystemExit) as exit:
+            generate.parse_args(["--text_file", str(path)])
+        assert exit.value.code == 2
+        return capsys.readouterr().err
+
+    os.mkfifo(tmp_path / "pipe.txt")
+    assert "not a regular file (a pipe)" in refusal(tmp_path / "pipe.txt")  # and it did not block
+    with open(tmp_path / "huge.txt", "wb") as f:
+        f.truncate(generate.MAX_TEXT_FILE_BYTES + 1)
+    assert f"at most {generate.MAX_TEXT_FILE_BYTES:,}" in refusal(tmp_path / "huge.txt")
+    many = tmp_path / "many.txt"
+    many.write_text("ab\n" * (generate.MAX_TEXTS + 1))
+    assert f"{generate.MAX_TEXTS + 1:,} lines to write; at most {generate.MAX_TEXTS:,}" in refusal(many)
+
+
+def test_many_texts_are_written_in_batches_of_bounded_memory_with_a_progress_bar(writer, monkeypatch, capsys):
+    texts = ["ab", "ba", "cb", "a", "bb", "c"]
+    # a window budget that holds two lines of 2 characters: each records its window (2 characters,
+    # float32) for up to 10 * (2 + 1) points of the step cap and its first row
+    line_bytes = (10 * (2 + 1) + 1) * 2 * 4
+    monkeypatch.setattr(generate, "BATCH_WINDOW_BYTES", 2 * line_bytes)
+    batches = []
+    original = Writer._write
+
+    def spy(self, batch_texts, *rest):
+        batches.append(list(batch_texts))
+        return original(self, batch_texts, *rest)
+
+    monkeypatch.setattr(Writer, "_write", spy)
+    writing = writer.write(texts, 0.5, 7, 10, retries=0, progress=True)
+    assert batches == [["ab", "ba"], ["cb", "a"], ["bb", "c"]]
+    assert "6/6" in capsys.readouterr().err  # tqdm's bar, on stderr
+    # each batch is written as write() writes it alone, batch after batch taking the next seed
+    monkeypatch.setattr(generate, "BATCH_WINDOW_BYTES", 10 ** 9)
+    for number, start in enumerate(range(0, 6, 2)):
+        alone = writer.write(texts[start:start + 2], 0.5, 7 + number, 10, retries=0)
+        for b in range(2):
+            np.testing.assert_array_equal(writing.lines[start + b], alone.lines[b])
+            np.testing.assert_array_equal(writing.phis[start + b], alone.phis[b])
+    assert writing.seed == 7 and writing.texts == texts
+
+
+def test_a_page_shows_its_progress_line_by_line(writer, capsys):
+    writer.write_page(["ab", "ba", "c"], 0.5, 3, 10, progress=True)
+    assert "3/3" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- a prime whose text and ink disagree (issue 47)
+
+@pytest.mark.parametrize("prime_text, points, error", [
+    ("abc", 4, None),            # the window at 4, one past the joined space at 3: the prime reads as said
+    ("a", 4, None),              # 3 characters into the new text: the slack, still taken
+    ("a", 5, "4 characters into the new text"),
+    ("a", 30, "past the end of the whole text"),
+    ("ab", 5, None), ("abcabca", 4, None),    # 3 characters of the prime's text unread: the slack
+    ("abcabcab", 4, "4 characters of its text are still unread"),
+])
+def test_a_prime_whose_text_and_ink_disagree_is_caught_by_the_window_at_its_end(writer, prime_text, points, error):
+    # kappa moves one character per point read: after a prime of T points the window reads character T
+    # of "<prime text> <text>", where the joined space is character len(prime_text)
+    set_window(writer.model, 0.0, 0.0, 0.0)
+    prime = Prime(prime_text, loops(points), name="my.json")
+    write = lambda **check: writer.write(["abcabc"], seed=0, max_points_per_char=3, prime=prime, retries=0, **check)
+    if error is None:
+        write(prime_check="stop")
+        return
+    with pytest.raises(PrimeError, match=f"^my.json \\({prime_text!r}\\): .*{error}.*--prime_text"):
+        write(prime_check="stop")
+    with pytest.warns(generate.PrimeWarning, match=error):  # the API's default: a warning
+        write()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", generate.PrimeWarning)
+        write(prime_check="off")
+
+
+def test_a_page_checks_the_given_prime_not_the_lines_it_wrote_itself(writer):
+    set_window(writer.model, 0.0, 0.0, 0.0)
+    with pytest.raises(PrimeError, match="past the end"):
+        writer.write_page(["ab", "ba"], seed=0, prime=Prime("a", loops(30)), prime_check="stop")
+    writer.write_page(["ab", "ba", "abc"], seed=0, prime_check="stop")  # lines primed by the line before: not checked
+
+
+def shipped_writer_and_validation_data():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path, data = os.path.join(root, "save", "synthesis.pt"), os.path.join(root, "data", "validation.npz")
+    if not (os.path.exists(path) and os.path.exists(data)):
+        pytest.skip("needs the shipped save/synthesis.pt and the processed data/validation.npz")
+    return Writer.load(path), os.path.dirname(data)
+
+
+def test_real_primes_pass_with_their_own_texts_and_are_caught_with_wrong_ones(recwarn):
+    writer, data_dir = shipped_writer_and_validation_data()
+    for line_id in ["a01-003-01", "g09-267z-04"]:
+        prime = Prime.from_data(line_id, data_dir)
+        quick = lambda p: writer.write(["hello world"], 1.0, 0, max_points_per_char=1, prime=p, retries=0,
+                                       prime_check="stop")
+        quick(prime)
+        with pytest.raises(PrimeError, match="into the new text|past the end"):
+            quick(Prime("A", prime.offsets, name=prime.name))
+        with pytest.raises(PrimeError, match="still unread"):
+            quick(Prime(f"{prime.text} {prime.text}", prime.offsets, name=prime.name))
+
+
+def test_the_issue_prime_with_a_wrong_text_stops_the_command(tmp_path):
+    writer, data_dir = shipped_writer_and_validation_data()
+    prime = Prime.from_data("a01-003-01", data_dir)
+    strokes = [s.tolist() for s in utils.offsets_to_strokes(prime.offsets * [1, 1, -1])]  # files' y is down
+    path = write_file(tmp_path, "a01-003-01.json", json.dumps({"strokes": strokes}))
+    with pytest.raises(SystemExit, match="a01-003-01.json \\('A'\\): .*--prime_text"):
+        generate.main(["--prime", path, "--prime_text", "A", "--text", "hello world", "--seed", "0",
+                       "--out", str(tmp_path / "x.png")])
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_junk_validation_npz_behind_prime_line_is_a_sentence(tmp_path):
+    (tmp_path / "validation.npz").write_bytes(b"PK\x03\x04 not a zip at all")
+    with pytest.raises(PrimeError, match="validation.npz is not a split data_preprocessing.py wrote"):
+        Prime.from_data("a01-003-01", str(tmp_path))
+    np.savez(tmp_path / "validation.npz", points=np.zeros((3, 3)))  # a zip, but not of the split's arrays
+    with pytest.raises(PrimeError, match="validation.npz is not a split data_preprocessing.py wrote"):
+        Prime.from_data("a01-003-01", str(tmp_path))
+    os.remove(tmp_path / "validation.npz")
+    os.mkfifo(tmp_path / "validation.npz")
+    with pytest.raises(PrimeError, match="not a regular file"):
+        Prime.from_data("a01-003-01", str(tmp_path))
 
 
 def test_write_from_uniforms_writes_what_the_seeds_draws_write_and_does_not_retry(writer, monkeypatch):
