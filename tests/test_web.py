@@ -295,7 +295,7 @@ def test_engine_step_with_the_shipped_compact_weights(chromium, shipped_compact)
     assert step_difference(page, "HANDWRITING_MODEL", checkpoint.build_model(saved), codes, simd=True) <= 0.1
 
 
-CASES = ["It’s café time — naïve ﬁne", "tabs\there  and   spaces", "Straße «quoted» ½ €", "emoji 🙂 and ∑ x", "   "]
+CASES = ["It’s café time — naïve ﬁne", "tabs\there  and   spaces", "a newline\nparts words", "Straße «quoted» ½ €", "emoji 🙂 and ∑ x", "   "]
 
 
 def test_texts_are_spelled_and_wrapped_as_python_does(chromium):
