@@ -63,7 +63,7 @@ MAX_TEXTS = arguments.MAX_SAMPLE_LINES  # lines one command writes (texts x hand
 MAX_TEXT_FILE_BYTES = 2 ** 20           # --text_file: 1,000 lines of 200 characters take a fifth of it
 # write() writes its texts in batches of at most MAX_BATCH_LINES lines whose record of the window
 # (float32 phi: lines x step cap x characters) fits BATCH_WINDOW_BYTES: 64 lines of IAM-OnDB's longest
-# text take 86 MB; 200-character lines go 19 at a time.
+# text take 85 MB; 200-character lines go 20 at a time.
 MAX_BATCH_LINES = 64
 BATCH_WINDOW_BYTES = 256 * 2 ** 20
 # A prime's text and ink agree when, once the network has read the ink, its window's peak lies within
