@@ -364,7 +364,7 @@ class Writer:
                        None if primes is None else joined("prime_window"))
 
     def check_lengths(self, texts, primes):
-        """ValueError for a text or a prime's text longer than MAX_LINE_CHARS (see there why)."""
+        """ValueError for a text longer than MAX_LINE_CHARS (see there why), PrimeError for a prime's text."""
         for text in texts:
             if len(text) > MAX_LINE_CHARS:
                 raise ValueError(f"a text of {len(text)} characters ({text[:30]!r}...): a line may have at most "
@@ -372,7 +372,7 @@ class Writer:
                                  "--width N)")
         for prime in primes or []:
             if len(prime.text) > MAX_LINE_CHARS:
-                raise ValueError(f"{prime.name or 'a prime'}: the prime's text has {len(prime.text)} characters; a line "
+                raise PrimeError(f"{prime.name or 'a prime'}: the prime's text has {len(prime.text)} characters; a line "
                                  f"may have at most {MAX_LINE_CHARS}: prime with one line of handwriting")
 
     def write_batches(self, texts, primes, max_points_per_char):

@@ -675,7 +675,7 @@ def test_a_line_longer_than_the_bound_is_refused_with_a_hint_to_use_width(writer
     assert generate.parse_args(["--text", too_long, "--width", "60"]).texts[0] == "ab " * 19 + "ab"  # wrapped
     with pytest.raises(ValueError, match="write_page"):
         writer.write([too_long])
-    with pytest.raises(ValueError, match=f"prime's text.*{generate.MAX_LINE_CHARS}"):
+    with pytest.raises(PrimeError, match=f"prime's text.*{generate.MAX_LINE_CHARS}"):
         writer.write(["ab"], prime=Prime(too_long, loops(8)))
 
 
