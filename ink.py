@@ -297,15 +297,15 @@ def open_regular_file(path, max_bytes):
     except OSError as e:
         raise BadFile(f"{path}: {e.strerror}") from None
     info = os.fstat(fd)
+    if stat.S_ISREG(info.st_mode) and info.st_size <= max_bytes:
+        return os.fdopen(fd, "rb")
+    os.close(fd)
+    if stat.S_ISREG(info.st_mode):
+        raise BadFile(f"{path}: {info.st_size:,} bytes; at most {max_bytes:,} are read from such a file")
     kind = next((name for test, name in [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a pipe"),
                                          (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
                                          (stat.S_ISSOCK, "a socket")] if test(info.st_mode)), "not a file")
-    if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
-        os.close(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise BadFile(f"{path}: not a regular file ({kind}); name a file of ink")
-        raise BadFile(f"{path}: {info.st_size:,} bytes; at most {max_bytes:,} are read from a file of ink")
-    return os.fdopen(fd, "rb")
+    raise BadFile(f"{path}: not a regular file ({kind}); name a file")
 
 
 def read_regular_file(path, max_bytes):
@@ -316,7 +316,7 @@ def read_regular_file(path, max_bytes):
         except OSError as e:
             raise BadFile(f"{path}: {e.strerror}") from None
     if len(data) > max_bytes:  # it grew while being read
-        raise BadFile(f"{path}: over {max_bytes:,} bytes; at most {max_bytes:,} are read from a file of ink")
+        raise BadFile(f"{path}: over {max_bytes:,} bytes; at most {max_bytes:,} are read from such a file")
     return data
 
 
