@@ -218,6 +218,9 @@ def parse_args(argv=None):
     p.add_argument("--roof_seconds", type=arguments.RATE, default=2.0, help="how long to time the matrix-product roof")
     p.add_argument("--sampling", metavar="CHECKPOINT", nargs="?", const="save/synthesis.pt",
                    help="instead of training: time writing one 40-character line, and 10 as a batch")
+    p.add_argument("--browser", action="store_true",
+                   help="instead: write a 40-character line with web/index.html's engine in headless Chromium, "
+                        "and compare its strokes with Python's from the same random draws")
     p.add_argument("--layer1_against", metavar="KERNELS_PY",
                    help="instead: time synthesis layer 1 with the window (forward and backward) under "
                         "another copy of kernels.py (or a model.py from before kernels.py was split "
@@ -247,6 +250,9 @@ def main(argv=None):
     set_up_cpu(args)  # the same threads and memory policy for the seed's formulation and ours
     if args.sampling:
         time_sampling(args.sampling)
+        return
+    if args.browser:
+        time_browser()
         return
     data = dataset.load_data(os.path.join(args.data_dir, "train.npz"))
     where = torch.cuda.get_device_name(args.device) if torch.device(args.device).type == "cuda" \
@@ -540,6 +546,48 @@ def time_sampling(path, text="The quick brown fox jumps over lazy dogs", repeats
             floor = nbytes / read_bandwidth(nbytes)
             print(f"  roof: {nbytes / 1e6:.4g} MB of weights a point, read in {1e3 * floor:.4g} ms "
                   f"({nbytes / floor / 1e9:.1f} GB/s, torch.sum): ours runs at {floor / per_point:.0%} of that roof")
+
+
+def time_browser(text="The quick brown fox jumps over lazy dogs", repeats=3, seed=0):
+    """The page's engine (web/engine.js, the weights of web/model.js) writing one line of `text` in
+    headless Chromium: steps per second and seconds for the line, best of `repeats`; then the same
+    line from the same uniform draws in Python (generate.Writer with the same rounded weights), and
+    the largest difference between the two, in pen units."""
+    import json
+    import re
+
+    import browser
+    from generate import Writer
+
+    web = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
+    if browser.find_browser() is None:
+        raise SystemExit("--browser needs Chromium or Chrome (apt-get install chromium, or set CHROMIUM=/path)")
+    with browser.headless_chromium() as page:
+        page.open(os.path.join(web, "index.html"))
+        user_agent = page.js("navigator.userAgent")
+        precision, source = page.js("[HANDWRITING_MODEL.precision, HANDWRITING_MODEL.source]")
+        runs = [page.js(f"""(() => {{
+            const writer = handwritingPage.writer, draws = new Handwriting.Uniforms({seed}), rows = [];
+            const uniforms = {{row: () => {{ const row = draws.row(); rows.push(row); return row; }}}};
+            const started = performance.now();
+            const line = Handwriting.Writer.run(writer.writeLine({json.dumps(text)}, {{bias: 1, uniforms}}));
+            return {{seconds: (performance.now() - started) / 1000, rows, line, simd: writer.network.simd}};
+        }})()""", timeout=300) for _ in range(repeats)]
+    best = min(runs, key=lambda run: run["seconds"])
+    steps = len(best["rows"])
+    browser_name = re.search(r"(?:Headless)?Chrom\w*/\d+", user_agent)
+    print(f"web/index.html in {browser_name.group() if browser_name else 'Chromium'}, {cpu_kind()}, weights {precision} "
+          f"({source}), WebAssembly SIMD {'on' if best['simd'] else 'off (plain JavaScript)'}, bias 1, best of {repeats}")
+    print(f"  {steps / best['seconds']:.0f} steps per second; a {len(text)}-character line in {best['seconds']:.2f} s "
+          f"({steps} steps, {len(best['line']['offsets'])} points)")
+    saved = checkpoint.load(os.path.join("save", source))
+    writer = Writer.from_checkpoint(checkpoint.with_compact_weights(saved, precision))
+    writing = writer.write([text], bias=1.0, uniforms=np.array(best["rows"], np.float32)[:, None, :])
+    ours, python = np.array(best["line"]["offsets"]), writing.lines[0]
+    if len(ours) != len(python):
+        print(f"  Python wrote {len(python)} points from the same draws, the page {len(ours)}")
+    n = min(len(ours), len(python))
+    print(f"  largest difference against Python on the same draws: {np.abs(ours[:n] - python[:n]).max():.2e} pen units")
 
 
 def validation_subset(args):

@@ -436,6 +436,7 @@ def web_bundle(checkpoint, precision="int8"):
             "offset_std": [float(v) for v in checkpoint["offset_std"]],
             "median_step": ink.median_step(checkpoint["offset_std"]),
             "max_points_per_char": MAX_POINTS_PER_CHAR, "retries": generate.RETRIES, "exp_floor": EXP_FLOOR,
+            "max_line_chars": generate.MAX_LINE_CHARS, "prime_window_slack": generate.PRIME_WINDOW_SLACK,
             "line_gap": utils.LINE_GAP, "plotter": asdict(utils.Plotter()), "layers": layers}
 
 
@@ -455,18 +456,32 @@ def write_script(path, name, value, source):
 
 def web_hands(checkpoint, recipes):
     """The bundled hands: lines the model itself writes, unprimed, at chosen seeds (`recipes`: dicts
-    of name, text, seed, bias), as prime JSON (strokes of [x, y] points, y down, pen units)."""
+    of name, text, seed, bias), as prime JSON (strokes of [x, y] points, y down, pen units). Each is
+    read back from its JSON, as the page reads it, and must pass the prime check: its text and its
+    ink agree (generate.check_prime_window)."""
+    import tempfile
+
     import generate
 
     writer = generate.Writer.from_checkpoint(checkpoint)
     hands = []
     for recipe in recipes:
         writing = writer.write([recipe["text"]], bias=recipe["bias"], seed=recipe["seed"])
-        if writing.capped[0]:
-            raise CheckpointError(f"export-web: the hand {recipe['name']!r} stalled at seed {recipe['seed']}: "
-                                  "choose another seed in hands.json")
         strokes = [(np.round(stroke * [1, -1], 2) + 0.0).tolist() for stroke in utils.offsets_to_strokes(writing.lines[0])]
-        hands.append({"name": recipe["name"], "text": writing.texts[0], "strokes": strokes})
+        hand = {"name": recipe["name"], "text": writing.texts[0], "strokes": strokes}
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "hand.json")
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(hand, f)
+            try:
+                problem = "stalled" if writing.capped[0] else None
+                writer.write(["a"], bias=1.0, seed=0, prime=generate.Prime.read(path), prime_check="stop")
+            except generate.PrimeError as e:
+                problem = f"fails the prime check ({e})"
+        if problem:
+            raise CheckpointError(f"export-web: the hand {recipe['name']!r} (seed {recipe['seed']}, bias {recipe['bias']}) "
+                                  f"{problem}: choose another seed in hands.json")
+        hands.append(hand)
     return hands
 
 

@@ -314,6 +314,30 @@ def test_texts_are_spelled_and_wrapped_as_python_does(chromium):
         assert joined == dataset.joined_text(text, "x")
 
 
+def test_the_page_writes_the_strokes_writer_writes_from_the_same_draws(chromium, shipped_compact, tmp_path):
+    """Unprimed and primed by a bundled hand: the page's uniform draws, given to Writer.write, give
+    Python's strokes; both with the shipped model's weights as model.js rounds them."""
+    page, _ = chromium
+    _, _, writer = shipped_compact
+    hand = read_script(WEB / "hands.js", "HANDWRITING_HANDS")[0]
+    (tmp_path / "hand.json").write_text(json.dumps(hand))
+    for prime in (None, generate.Prime.read(str(tmp_path / "hand.json"))):
+        run = page.js(f"""(() => {{
+            const draws = new Handwriting.Uniforms(11), rows = [];
+            const uniforms = {{row: () => {{ const row = draws.row(); rows.push(row); return row; }}}};
+            const prime = {'null' if prime is None else f'Handwriting.Prime.fromJSON({json.dumps(hand)})'};
+            const line = Handwriting.Writer.run(handwritingPage.writer.writeLine('a fine day', {{bias: 1, uniforms, prime}}));
+            return {{rows, offsets: line.offsets, capped: line.capped, primeWindow: line.primeWindow}};
+        }})()""", timeout=60)
+        rows = np.array(run["rows"], np.float32)
+        writing = writer.write(["a fine day"], bias=1.0, prime=prime, uniforms=rows[:, None, :])
+        assert run["capped"] == writing.capped[0] is False
+        if prime is not None:  # where the window stood after the prime: what the prime check judges
+            assert run["primeWindow"] == writing.prime_window[0] == 0
+        assert len(run["offsets"]) == len(writing.lines[0]) > 20
+        np.testing.assert_allclose(run["offsets"], writing.lines[0], atol=1e-2)  # pen units: a line is ~3,000 wide
+
+
 def test_a_stalled_line_is_written_again_with_the_next_seeds_and_kept_marked(chromium, tmp_path):
     """Writer.write_page's rule: a line that hits the step cap is tried again with the next seed,
     up to RETRIES times; a line that still stalls is kept, marked capped, and primes nothing, so
@@ -331,6 +355,19 @@ def test_a_stalled_line_is_written_again_with_the_next_seeds_and_kept_marked(chr
     assert last_seeds == [7 + generate.RETRIES, 7 + 2 * generate.RETRIES + 1]
     # capped at 1 point a character (+1): 3 and 2 new points after the start row, unprimed both
     assert written == [["ab", True, 4], ["c", True, 3]]
+
+
+def test_the_json_prime_of_a_page_is_as_many_first_lines_as_a_prime_may_hold(chromium):
+    page, _ = chromium
+    line = [[0, 0, 0], [0, 10, 5], [1, 10, -5]]  # one stroke of 3 points, 20 units wide
+    texts = ["a" * 100, "b" * 90, "c" * 50]
+    prime = page.js(f"HandwritingOutputs.primeJSON({json.dumps([line] * 3)}, {json.dumps(texts)}, 0.3, 200)")
+    assert prime["text"] == texts[0] + " " + texts[1]  # 191 characters; with the third, 242
+    assert [l["text"] for l in prime["lines"]] == texts
+    first, second = prime["strokes"]
+    assert first == [[0, 0], [10, -5], [20, 0]]  # y down
+    gap = 0.3 * 5  # the gap between lines, in heights of the tallest
+    assert second[0][0] == pytest.approx(20 + gap) and [p[1] for p in second] == [0, -5, 0]
 
 
 def test_a_prime_is_read_as_python_reads_it(chromium, shipped_compact, tmp_path):

@@ -334,6 +334,15 @@
     }
   }
 
+  /* generate.window_after_prime: where the window's peak is once the network has read a prime, in
+   * characters after the space that joins the prime's text to the line's; null where it is past
+   * the whole text (the line ended at once, or a flat window) */
+  function windowAfterPrime(phi, primeChars) {
+    let peak = 0, low = Infinity, high = -Infinity;
+    phi.forEach((v, u) => { if (v > phi[peak]) peak = u; low = Math.min(low, v); high = Math.max(high, v); });
+    return high > low ? peak - (primeChars - 1) : null;
+  }
+
   const joinedText = (primeText, text) => `${primeText.replace(/\s+$/u, '')} ${text}`;  // dataset.joined_text
 
   /* generate.wrap_words: lines of at most `width` characters between words; a longer word alone */
@@ -439,7 +448,8 @@
     }
 
     /* Writer._write for one line: {text (as written), offsets (pen units), capped (hit the step
-     * cap)}. `uniforms` gives one row a point; onPoint(offsets) sees the line after each point. */
+     * cap), primeWindow (windowAfterPrime, primed lines)}. `uniforms` gives one row a point;
+     * onPoint(offsets) sees the line after each point. */
     *writeLine(text, {bias = 0, uniforms, prime = null, maxPointsPerChar = this.maxPointsPerChar, onPoint} = {}) {
       if (!text.trim()) throw new Error('cannot write an empty (or whitespace-only) text');
       text = this.alphabet.spelled(text);
@@ -458,11 +468,12 @@
       // the line in pen units as it grows: unprimed from its start row; primed from its first new
       // point, put at the origin (the pen's jump from the prime left out), as Writer._write returns it
       const line = prime ? [] : [this.toPenUnits(x)];
-      let steps = 0, capped = false;
+      let steps = 0, capped = false, primeWindow = null;
       for (;;) {
         const noise = uniforms.row();
         const {y, phi, phiAfter} = net.step(x, state, codes);
         if (phiAfter > phi.reduce((a, b) => Math.max(a, b), -Infinity)) break;  // model.finished: the whole text read
+        if (prime && steps === 0) primeWindow = windowAfterPrime(phi, codes.length - Array.from(text).length);
         x = net.sample(y, bias, noise);
         const point = this.toPenUnits(x);
         line.push(line.length ? point : [point[0], 0, 0]);
@@ -471,15 +482,28 @@
         yield steps;
         if (steps >= cap) { capped = true; break; }
       }
-      return {text, offsets: line, capped};
+      return {text, offsets: line, capped, primeWindow};
+    }
+
+    /* generate.check_prime_window: whether a line's prime has text and ink that agree (its
+     * window's peak near the joining space once the network has read it); a message if not. */
+    primeDisagrees(prime, primeWindow) {
+      if (primeWindow !== null && Math.abs(primeWindow) <= this.bundle.prime_window_slack) return null;
+      const where = primeWindow === null ? "the network's window had gone past the end of the whole text"
+        : primeWindow > 0 ? `the network's window was already ${primeWindow} characters into the new text`
+          : `${-primeWindow} characters of its text were still unread by the network's window`;
+      return `The hand's text and its ink disagree (${JSON.stringify(prime.text)}): when its ink ended, ${where}. ` +
+             'Type its text as the ink writes it, word for word.';
     }
 
     /* Writer.write_page: the lines one after another in one hand, each primed by `prime` or else by
      * the last line written to its end; a line that stalls is written again with the next seed,
      * every attempt taking the next seed from `seed` on. onLine(number, tries) is told of each
-     * attempt before it starts, onWritten(number, line, seed) of the one kept. */
+     * attempt before it starts, onWritten(number, line, seed) of the one kept, and, where `prime`
+     * is given, onPrimeCheck(number, message) of a line whose first attempt found the prime's text
+     * and ink disagreeing (Python's prime_check "warn"). */
     *writePage(lines, {bias = 0, seed = 0, prime = null, retries = this.retries, maxPointsPerChar = this.maxPointsPerChar,
-                       onPoint, onLine, onWritten} = {}) {
+                       onPoint, onLine, onWritten, onPrimeCheck} = {}) {
       const written = [];
       let previous = null;
       for (const [number, text] of lines.entries()) {
@@ -489,6 +513,8 @@
           attempt = yield* this.writeLine(text, {bias, prime: prime || previous, uniforms: new Uniforms(seed),
                                                   maxPointsPerChar, onPoint});
           seed += 1;
+          const disagreement = prime && tries === 0 ? this.primeDisagrees(prime, attempt.primeWindow) : null;
+          if (disagreement && onPrimeCheck) onPrimeCheck(number, disagreement);
           if (!attempt.capped) break;
         }
         if (onWritten) onWritten(number, attempt, seed - 1);
@@ -499,7 +525,7 @@
     }
   }
 
-  const api = {Layer, Network, Uniforms, Alphabet, Writer, Prime, joinedText, wrapWords, strokesToOffsets,
+  const api = {Layer, Network, Uniforms, Alphabet, Writer, Prime, joinedText, wrapWords, windowAfterPrime, strokesToOffsets,
                offsetsToStrokes, withoutRepeatedPoints};
   if (typeof module !== 'undefined' && module.exports) module.exports = api;
   else root.Handwriting = api;

@@ -90,21 +90,24 @@
   }
 
   /* The lines as a prime for generate.py --prime: {"text", "strokes"} (y down, pen units), the
-   * lines one after another on one baseline, as one long line of handwriting (a prime is read as
-   * one line), each a word's gap right of the last; and "lines", each line's own {"text", "strokes"}. */
-  function primeJSON(lines, texts, gap) {
+   * first lines one after another on one baseline, each a gap right of the last, as one long line
+   * (a prime is read as one line), as many as fit in `longest` characters (at least the first);
+   * and "lines", every line's own {"text", "strokes"}. */
+  function primeJSON(lines, texts, gap, longest) {
     const own = lines.map(offsetsToStrokes);
     const heights = own.map(s => { const b = bounds(s.flat()); return b.high[1] - b.low[1]; });
     const space = gap * maxOf([...heights, 1]);
+    let count = 1;
+    while (count < lines.length && Array.from(texts.slice(0, count + 1).join(' ')).length <= longest) count += 1;
     const strokes = [];
     let right = 0;
-    own.forEach((line, i) => {
+    own.slice(0, count).forEach((line, i) => {
       const b = bounds(line.flat()), shift = i === 0 ? 0 : right + space - b.low[0];
       line.forEach(s => strokes.push(s.map(([x, y]) => [x + shift, y])));
       right = b.high[0] + shift;
     });
     const yDown = s => s.map(([x, y]) => [+x.toFixed(2), +(-y).toFixed(2) + 0]);
-    return {text: texts.join(' '), strokes: strokes.map(yDown),
+    return {text: texts.slice(0, count).join(' '), strokes: strokes.map(yDown),
             lines: own.map((line, i) => ({text: texts[i], strokes: line.map(yDown)}))};
   }
 

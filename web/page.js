@@ -29,12 +29,16 @@
   const yours = {name: 'Yours', prime: null, strokes: null, note: 'write it below', yours: true};
   hands.push(yours);
 
-  function preview(canvas, strokes) {
+  function preview(canvas, strokes, placeholder = '') {
     const ctx = canvas.getContext('2d'), dpr = window.devicePixelRatio || 1;
     canvas.width = 180 * dpr; canvas.height = 44 * dpr;
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, 180, 44);
-    if (!strokes || !strokes.length) return;
+    if (!strokes || !strokes.length) {  // no ink (yet): a word of what the card stands for
+      Object.assign(ctx, {fillStyle: '#8a94a6', font: 'italic 13px system-ui, sans-serif'});
+      ctx.fillText(placeholder, 6, 28);
+      return;
+    }
     const {low, high} = bounds(strokes.flat());
     const scale = Math.min(172 / Math.max(high[0] - low[0], 1e-9), 36 / Math.max(high[1] - low[1], 1e-9));
     Object.assign(ctx, {strokeStyle: '#1d2433', lineWidth: 1.2, lineCap: 'round', lineJoin: 'round'});
@@ -55,7 +59,7 @@
     hand.canvas = label.querySelector('canvas');
     hand.label = label;
     if (hand.yours) hand.input.disabled = true;
-    preview(hand.canvas, hand.strokes);
+    preview(hand.canvas, hand.strokes, hand.yours ? '(not written yet)' : '(no prime)');
     $('hands').append(label);
   });
   const chosenHand = () => hands.find(h => h.input.checked) || hands[0];
@@ -102,13 +106,16 @@
     const width = Math.floor(Number($('width').value));
     const seed = Math.floor(Number($('seed').value));
     if (!(width >= 1) || !(seed >= 0)) { status('Characters a line must be 1 or more, and the seed a whole number >= 0.'); return; }
-    const lines = wrapWords($('text').value, width);
+    const lines = wrapWords($('text').value, width), longest = bundle.max_line_chars;
     if (!lines.length) { status('Type a text to write.'); return; }
+    const tooLong = lines.find(line => Array.from(line).length > longest);
+    if (tooLong) { status(`A line may have at most ${longest} characters: "${tooLong.slice(0, 30)}…" is longer.`); return; }
     const hand = chosenHand(), bias = Number($('bias').value);
     shown = [];
     result = null;
     setBusy(true);
     const stalled = [];
+    let disagreement = '';
     const started = performance.now();
     job = {stopped: false};
     job.generator = writer.writePage(lines, {
@@ -120,6 +127,7 @@
       },
       onPoint: line => { shown[shown.length - 1] = line; },
       onWritten: (number, line) => { if (line.capped) stalled.push(number + 1); },
+      onPrimeCheck: (number, message) => { disagreement = ` ${message}`; },
     });
     job.finish = written => {
       const seconds = (performance.now() - started) / 1000;
@@ -127,7 +135,8 @@
       shown = result.lines;
       const points = result.lines.reduce((n, l) => n + l.length, 0);
       status(`Wrote ${lines.length} line${lines.length === 1 ? '' : 's'}, ${points} points in ${seconds.toFixed(1)} s.` +
-             (stalled.length ? ` Line(s) ${stalled.join(', ')} stalled with every seed tried and may miss words: try another seed.` : ''));
+             (stalled.length ? ` Line(s) ${stalled.join(', ')} stalled with every seed tried and may miss words: try another seed.` : '') +
+             disagreement);
     };
     pump();
   }
@@ -138,7 +147,16 @@
     if (!job || job.stopped) return;
     const until = performance.now() + 15;
     while (performance.now() < until) {
-      const {done, value} = job.generator.next();
+      let step;
+      try {
+        step = job.generator.next();
+      } catch (error) {  // nothing the page lets through should get here; say so rather than hang
+        job = null;
+        setBusy(false);
+        status(`Writing stopped: ${error.message}`);
+        return;
+      }
+      const {done, value} = step;
       if (done) {
         job.finish(value);
         job = null;
@@ -203,7 +221,7 @@
   $('download-svg').addEventListener('click', () => download('handwriting.svg', 'image/svg+xml', svg(result.lines, gap)));
   $('download-png').addEventListener('click', async () => download('handwriting.png', 'image/png', await png()));
   $('download-json').addEventListener('click', () => download('handwriting.json', 'application/json',
-    JSON.stringify(primeJSON(result.lines, result.texts, gap)) + '\n'));
+    JSON.stringify(primeJSON(result.lines, result.texts, gap, bundle.max_line_chars)) + '\n'));
   $('download-gcode').addEventListener('click', () => {
     const plotter = plotterSettings();
     if (!(plotter.margin >= 0 && Math.min(plotter.page_width, plotter.page_height) > 2 * plotter.margin
@@ -241,6 +259,10 @@
     download(lineFileName(), 'application/json', JSON.stringify(handwritingJSON()) + '\n'));
   $('use-hand').addEventListener('click', () => {
     const line = handwritingJSON();
+    if (Array.from(line.text).length > bundle.max_line_chars) {
+      $('pad-status').textContent = `A hand is one line of at most ${bundle.max_line_chars} characters.`;
+      return;
+    }
     if (!line.strokes.some(s => s.length > 1)) {
       $('pad-status').textContent = 'A hand needs at least one stroke that moves: write a word or two.';
       return;
