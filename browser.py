@@ -9,6 +9,7 @@ a page makes is recorded from Network events.
         print(page.js("1 + 1"))
 
 find_browser() is None where no Chromium or Chrome is installed (set CHROMIUM=/path/to/binary).
+`python browser.py examples/browser.png` remakes the README's picture of the page.
 """
 import base64
 import json
@@ -294,3 +295,46 @@ def headless_chromium(downloads=None, width=1000, height=700, binary=None):
                     break
                 except subprocess.TimeoutExpired:
                     continue
+
+
+# ----------------------------------------------------------------------------- the README's picture
+
+def picture_of_the_page(path, text="Your text, in the hand you drew, written here in the page stroke by stroke.",
+                        seed=2):
+    """A PNG of web/index.html having written `text` in a hand drawn on its pad: the first bundled
+    hand's strokes, drawn with the mouse. examples/browser.png was made so."""
+    web = Path(__file__).resolve().parent / "web"
+    source = (web / "hands.js").read_text(encoding="utf-8")
+    hand = json.loads(source[source.index("= ") + 2:source.rindex(";")])[0]
+    with headless_chromium(width=1000, height=1400) as page:
+        page.open(web / "index.html")
+        page.js("document.getElementById('pad').scrollIntoView()")
+        pad = page.rect("#pad")
+        points = np.concatenate(hand["strokes"])
+        low, high = points.min(0), points.max(0)
+        scale = min((pad["w"] - 80) / (high[0] - low[0]), (pad["h"] - 60) / (high[1] - low[1]))
+        for stroke in hand["strokes"]:
+            drawn = (np.array(stroke) - low) * scale + [pad["x"] + 40, pad["y"] + 30]
+            page.mouse_stroke([tuple(p) for p in (drawn if len(drawn) > 1 else np.repeat(drawn, 2, 0))])
+        page.click("#pad-text")
+        page.type(hand["text"])
+        page.click("#use-hand")
+        page.js(f"document.getElementById('text').value = {json.dumps(text)}; "
+                f"document.getElementById('seed').value = {seed}; window.scrollTo(0, 0)")
+        page.click("#write")
+        page.wait_for("!handwritingPage.busy() && handwritingPage.result() !== null", timeout=120)
+        page.js("window.scrollTo(0, 0)")
+        bottom = page.js("(r => r.bottom + scrollY + 12)(document.getElementById('download-svg').getBoundingClientRect())")
+        data = page.send("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                         clip={"x": 0, "y": 0, "width": 1000, "height": bottom, "scale": 1})["data"]
+    from utils import atomic_path
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(base64.b64decode(data))
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A picture of web/index.html at work, in headless Chromium.")
+    parser.add_argument("out", nargs="?", default="examples/browser.png")
+    picture_of_the_page(parser.parse_args().out)
