@@ -773,7 +773,7 @@ optimizer = torch.optim.Adam(net.parameters())
 offsets = torch.randn(32, 601, 3)
 offsets[..., 0] = (offsets[..., 0] > 1).float()
 mask = torch.ones(32, 601)
-for step in range(6):
+for step in range(9):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     nats, points = model.sequence_nll(net, offsets, mask)
     optimizer.zero_grad()
