@@ -127,7 +127,7 @@ def test_validation_fraction_outside_0_1_gets_the_range_sentence(capsys):
         with pytest.raises(SystemExit) as exit:
             data_preprocessing.main(["--strokes", "s.npy", "--validation_fraction", text])
         assert exit.value.code == 2
-        assert f"--validation_fraction must be " in capsys.readouterr().err
+        assert "--validation_fraction must be " in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- outputs against inputs

@@ -1,6 +1,5 @@
 """bench.py: its baseline (the seed's formulation) computes what our model computes, and its command line."""
 import os
-import shutil
 
 import numpy as np
 import pytest

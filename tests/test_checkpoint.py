@@ -4,7 +4,6 @@ not make, count each source once, and say so in a sentence when the disk is full
 import os
 import signal
 
-import numpy as np
 import pytest
 import torch
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 import dataset
 import evaluate
-from fixtures import make_handwriting_data, train_tiny, write_data_dir
+from fixtures import make_handwriting_data, train_tiny
 from generate import Writer
 from model import MAX_POINTS_PER_CHAR, sequence_nll
 
