@@ -239,15 +239,21 @@ def joined_text(first, second):
     return f"{first.rstrip()} {second}"
 
 
+def form_of(line_id):
+    """The form a line belongs to, one writer's consecutive lines: a01-000u-01 is line 1 of a01-000u."""
+    return line_id.rsplit("-", 1)[0]
+
+
 def next_lines(line_ids):
     """For each line, the index of the next line of the same form, or -1. An IAM-OnDB form is one
     writer's consecutive lines, FORM-01, FORM-02, ... (a01-000u-01); ids of another shape have none."""
     where = {line_id: i for i, line_id in enumerate(line_ids)}
     following = []
     for line_id in line_ids:
-        form, _, number = line_id.rpartition("-")
+        form = form_of(line_id)
+        number = line_id[len(form) + 1:]
         following.append(where.get(f"{form}-{int(number) + 1:0{len(number)}d}", -1)
-                         if form and number.isdigit() else -1)
+                         if number.isdigit() else -1)
     return following
 
 

@@ -232,16 +232,11 @@ def primed_nll(model, data, prime, line):
     return nats.tolist()
 
 
-def form_of(line_id):
-    """The form a line belongs to, one writer's consecutive lines: a01-000u-01 is line 1 of a01-000u."""
-    return line_id.rsplit("-", 1)[0]
-
-
 def forms_of(line_ids):
     """Line indices by form, {form id: [indices in line order]}."""
     forms = {}
     for i in sorted(range(len(line_ids)), key=lambda i: line_ids[i]):
-        forms.setdefault(form_of(line_ids[i]), []).append(i)
+        forms.setdefault(dataset.form_of(line_ids[i]), []).append(i)
     return forms
 
 
@@ -358,8 +353,8 @@ def written_figures(writer, data, plan, bias, seed, batch_size=50, read=None, wo
     how many stalled, and, given a reader (read_with_tesseract), the CER of the written lines and of
     the real lines of the same texts."""
     chosen = [entry for form in plan.writers
-              for entry in [e for e in plan.held_out if form_of(data.line_ids[e[1]]) == form][:STYLE_LINES]]
-    writer_of = [form_of(data.line_ids[line]) for _, line in chosen]
+              for entry in [e for e in plan.held_out if dataset.form_of(data.line_ids[e[1]]) == form][:STYLE_LINES]]
+    writer_of = [dataset.form_of(data.line_ids[line]) for _, line in chosen]
     texts = [data.texts[line] for _, line in chosen]
     primes = [Prime(data.texts[prime], pen_units(data, prime)) for prime, _ in chosen]
     real = [style(ink.rescale_to_pace(pen_units(data, line), writer.median_step), text)
