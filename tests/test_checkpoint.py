@@ -4,6 +4,7 @@ not make, count each source once, and say so in a sentence when the disk is full
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
 
@@ -192,3 +193,68 @@ def test_a_full_disk_in_export_or_average_is_a_sentence_and_keeps_the_old_file(t
             checkpoint.main(command)
     assert dst.read_bytes() == before
     assert [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")] == []
+
+
+# ----------------------------------------------------------------------------- finding, exporting, averaging
+
+def test_default_checkpoint_prefers_own_best_then_shipped_then_last(tmp_path):
+    path = lambda name: str(tmp_path / name)
+    assert checkpoint.default_path("synthesis", str(tmp_path)) == path("synthesis_best.pt")
+    (tmp_path / "synthesis_last.pt").write_bytes(b"")
+    assert checkpoint.default_path("synthesis", str(tmp_path)) == path("synthesis_last.pt")
+    (tmp_path / "synthesis.pt").write_bytes(b"")
+    assert checkpoint.default_path("synthesis", str(tmp_path)) == path("synthesis.pt")
+    (tmp_path / "synthesis_best.pt").write_bytes(b"")
+    assert checkpoint.default_path("synthesis", str(tmp_path)) == path("synthesis_best.pt")
+    assert checkpoint.default_path("rand_write", str(tmp_path)) == path("rand_write_best.pt")
+
+
+def test_exported_checkpoint_generates_the_same_strokes_without_resume_state(tmp_path):
+    trained = make_checkpoint(tmp_path / "synthesis_last.pt")
+    exported = str(tmp_path / "synthesis.pt")
+    checkpoint.main(["export", trained, exported])
+    full = torch.load(trained, map_location="cpu", weights_only=False)
+    small = torch.load(exported, map_location="cpu", weights_only=False)
+    assert "optimizer" not in small and "rng" not in small and "optimizer" in full
+    assert small["exported_from"] == "synthesis_last.pt"
+    for key in ["config", "alphabet", "offset_mean", "offset_std", "step", "history"]:
+        assert small[key] == full[key]
+
+    written = [generate.Writer.load(path).write(["ab"], bias=0.5, seed=3, max_points_per_char=5).lines[0]
+               for path in [trained, exported]]
+    np.testing.assert_array_equal(written[0], written[1])
+
+
+def test_export_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(SystemExit, match="not a train.py checkpoint"):
+        checkpoint.main(["export", str(tmp_path / "other.pt"), str(tmp_path / "out.pt")])
+    assert not (tmp_path / "out.pt").exists()
+
+
+@pytest.mark.filterwarnings("ignore:.*stalled")  # an untrained model: only that it writes counts
+def test_average_writes_the_mean_of_the_weights_and_keeps_the_rest_of_the_newest(tmp_path):
+    trained = make_checkpoint(tmp_path / "synthesis_last.pt")
+    first = torch.load(trained, map_location="cpu", weights_only=False)
+    second = dict(first, model={name: tensor * 3 + 1 for name, tensor in first["model"].items()}, step=7)
+    torch.save(second, tmp_path / "second.pt")
+    out = str(tmp_path / "mean.pt")
+    assert first["step"] < 7
+    # the later checkpoint given first: the progress is still the later one's
+    checkpoint.main(["average", out, str(tmp_path / "second.pt"), trained])
+    mean = torch.load(out, map_location="cpu", weights_only=False)
+    for name, tensor in first["model"].items():  # (w + 3w + 1) / 2 = 2w + 0.5
+        torch.testing.assert_close(mean["model"][name], tensor * 2 + 0.5)
+    assert mean["step"] == 7 and "optimizer" not in mean
+    assert mean["averaged_from"] == ["second.pt", "synthesis_last.pt"]
+    assert "the mean of 2 checkpoints" in checkpoint.describe(mean)
+    generate.Writer.load(out).write(["ab"], bias=0.5, seed=3, max_points_per_char=5)  # it is a usable model
+
+
+def test_average_refuses_checkpoints_of_different_models(tmp_path):
+    synthesis = make_checkpoint(tmp_path / "synthesis_last.pt")
+    rand_write = make_checkpoint(tmp_path / "rand_write_last.pt", task="rand_write")
+    out = tmp_path / "mean.pt"
+    with pytest.raises(SystemExit, match="differs from .* in its config: only checkpoints of one model"):
+        checkpoint.main(["average", str(out), synthesis, rand_write])
+    assert not out.exists()
