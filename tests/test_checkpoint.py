@@ -209,6 +209,7 @@ def test_default_checkpoint_prefers_own_best_then_shipped_then_last(tmp_path):
     assert checkpoint.default_path("rand_write", str(tmp_path)) == path("rand_write_best.pt")
 
 
+@pytest.mark.filterwarnings("ignore:.*stalled")  # an untrained model: the two files write alike, stalled or not
 def test_exported_checkpoint_generates_the_same_strokes_without_resume_state(tmp_path):
     trained = make_checkpoint(tmp_path / "synthesis_last.pt")
     exported = str(tmp_path / "synthesis.pt")
