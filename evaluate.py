@@ -401,11 +401,12 @@ def cpu_seconds():
     return sum(os.times()[:4])
 
 
-def fidelity(writer, data, writers=None, bias=1.0, seed=0, batch_size=50, read=None, workdir=None, say=print):
+def fidelity(writer, data, writers=None, bias=1.0, seed=0, batch_size=50, read=None, workdir=None, say=print,
+             write=True):
     """Whether priming carries the writer's hand, on `writers` validation forms with two lines or
-    more (drawn with FIDELITY_SEED; None: all): likelihood_figures, written_figures at `bias` and
-    `seed` (CER only given a reader) and drift_figures. Says how long each part took. Returns one
-    dict of figures (fidelity_table lays it out)."""
+    more (drawn with FIDELITY_SEED; None: all): likelihood_figures, then, when `write`,
+    written_figures at `bias` and `seed` (CER only given a reader) and drift_figures. Says how long
+    each part took. Returns one dict of figures (fidelity_table lays it out)."""
     plan = draw_plan(data, writers)
     say(f"fidelity: {len(plan.writers)} writers, {len(plan.held_out)} held-out lines, "
         f"{len(plan.identified)} named among {min(CANDIDATES, len(forms_of(data.line_ids)))} primes, "
@@ -416,7 +417,7 @@ def fidelity(writer, data, writers=None, bias=1.0, seed=0, batch_size=50, read=N
              ("lines written unprimed and primed" + (", read by Tesseract" if read else ""),
               lambda: written_figures(writer, data, plan, bias, seed, batch_size, read, workdir)),
              ("pages written in one hand", lambda: drift_figures(writer, data, plan, bias, seed))]
-    for name, part in parts:
+    for name, part in parts if write else parts[:1]:
         started, cpu = time.time(), cpu_seconds()
         figures.update(part())
         say(f"fidelity: {name}, {time.time() - started:.0f} s ({cpu_seconds() - cpu:.0f} s of CPU)")
@@ -445,7 +446,8 @@ def fidelity_table(figures):
         rows.append((f"{statistic}, error" + (" in degrees" if statistic == "slant" else "")
                      + ("" if targeted else " (the data's pace)"), f(f"unprimed error: {statistic}"),
                      f(f"primed error: {statistic}"), "—", "primed ≤ ½ unprimed" if targeted else "",
-                     met(primed <= unprimed / 2) if targeted else ""))
+                     "" if not targeted else met(primed <= unprimed / 2) if np.isfinite([primed, unprimed]).all()
+                     else "—"))
     cer = [get(f"{kind} cer") for kind in ("unprimed", "primed", "human")]
     rows.append(("Tesseract CER (control: the real lines)", f("unprimed cer"), f("primed cer"), f("human cer"),
                  "primed ≤ 1.25 × unprimed and < real",
@@ -468,13 +470,14 @@ def judge_fidelity(path, data, args):
     if writer.task != "synthesis":
         raise SystemExit(f"{path} holds a {writer.task} model: --fidelity judges a synthesis model, which is primed")
     view = checkpoints_view(data, writer.normalisation, path)
-    read = read_with_tesseract if tesseract_available() else None
-    if read is None:
+    read = read_with_tesseract if tesseract_available() and not args.skip_legibility else None
+    if read is None and not args.skip_legibility:
         print("fidelity: CER skipped: Tesseract OCR is not installed (apt-get install tesseract-ocr)")
     writers = args.fidelity or None  # --fidelity alone: all
     started = time.time()
     try:
-        figures = fidelity(writer, view, writers, args.bias, args.seed, args.batch_size, read)
+        figures = fidelity(writer, view, writers, args.bias, args.seed, args.batch_size, read,
+                           write=not args.skip_legibility)
     except ValueError as e:
         raise SystemExit(f"{path}: {e}")
     print(f"{path}: priming fidelity ({time.time() - started:.0f} s)\n"
@@ -513,7 +516,8 @@ def parse_args(argv=None):
     p.add_argument("--bias", type=arguments.BIAS, default=1.0, help="sampling bias of the written lines")
     p.add_argument("--seed", type=arguments.SEED, default=0)
     p.add_argument("--batch_size", type=arguments.POSITIVE, default=50)
-    p.add_argument("--skip_legibility", action="store_true", help="likelihood only")
+    p.add_argument("--skip_legibility", action="store_true",
+                   help="likelihood only (with --fidelity: its likelihood and writer identification, no lines written)")
     p.add_argument("--fidelity", metavar="WRITERS", nargs="?", const=0,  # 0: all
                    type=arguments.count(2, hint=" (a writer's lines are told from other writers')"),
                    help="instead: whether priming carries a writer's hand, on all validation writers (forms "

@@ -323,3 +323,31 @@ def test_fidelity_end_to_end_logs_one_row_with_every_figure(tiny, tmp_path, monk
         assert all(v == "—" or np.isfinite(float(v)) for v in values), name
     out = capsys.readouterr().out
     assert all(f"| {name} |" in out for name, *_ in rows)
+
+
+def test_fidelity_with_skip_legibility_scores_the_likelihood_alone(tiny, tmp_path, monkeypatch):
+    """The curve of a training run (likelihood and writer identification, per CPU hour) without
+    writing a line: the same likelihood figures as the whole judge, and nothing written or read."""
+    path, _ = tiny
+    dataset.save_data(tmp_path / "validation.npz", writers(make_handwriting_data(12, seed=4), 2))
+    monkeypatch.setattr(evaluate, "tesseract_available", lambda: True)
+    monkeypatch.setattr(evaluate, "read_with_tesseract", lambda paths: pytest.fail("read a line"))
+    monkeypatch.setattr(evaluate.Writer, "write", lambda *a, **k: pytest.fail("wrote a line"))
+    [row] = evaluate.main([path, "--data_dir", str(tmp_path), "--fidelity", "--skip_legibility", "--log", ""])
+    writer = Writer.load(path)
+    data = evaluate.checkpoints_view(dataset.load_data(tmp_path / "validation.npz"), writer.normalisation, path)
+    expected, _ = evaluate.likelihood_figures(writer.model, data, evaluate.draw_plan(data))
+    for key, value in expected.items():
+        assert row[f"fidelity {key}"] == pytest.approx(value), key
+    assert not any("cer" in key or "error" in key or "drift" in key for key in row)
+
+
+def test_the_fidelity_table_does_not_judge_figures_it_lacks():
+    rows = {name: (values, met) for name, *values, target, met in evaluate.fidelity_table(
+        {"nll_alone_per_line": -10.0, "nll_own_per_line": -40.0, "nll_other_per_line": -20.0,
+         "identification_top1": 0.7})}
+    assert rows["slant, error in degrees"] == (["—", "—", "—"], "—")
+    assert rows["Tesseract CER (control: the real lines)"][1] == "—"
+    assert rows["writer named by likelihood among 10 primes, top-1 (control: chance)"][1] == "yes"
+    # the own line 30 nats better than alone, but only 20 better than the control (40 needed)
+    assert rows["NLL of held-out lines, nats per line (control: after another writer's line)"][1] == "no"
