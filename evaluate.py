@@ -409,8 +409,8 @@ def fidelity(writer, data, writers=None, bias=1.0, seed=0, batch_size=50, read=N
     each part took. Returns one dict of figures (fidelity_table lays it out)."""
     plan = draw_plan(data, writers)
     say(f"fidelity: {len(plan.writers)} writers, {len(plan.held_out)} held-out lines, "
-        f"{len(plan.identified)} named among {min(CANDIDATES, len(forms_of(data.line_ids)))} primes, "
-        f"{len(plan.pages)} pages of {PAGE_LINES} lines; bias {bias}, seed {seed}")
+        f"{len(plan.identified)} named among {min(CANDIDATES, len(forms_of(data.line_ids)))} primes"
+        + (f", {len(plan.pages)} pages of {PAGE_LINES} lines; bias {bias}, seed {seed}" if write else ""))
     figures = {"writers": len(plan.writers), "bias": bias, "seed": seed}
     parts = [("likelihood and writer identification",
               lambda: likelihood_figures(writer.model, data, plan, batch_size)[0]),
