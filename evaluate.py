@@ -164,6 +164,7 @@ STYLE_LINES = 3      # held-out lines per writer written at the bias, unprimed a
 PAGE_LINES = 10      # lines of a page written in one writer's hand (drift)
 PAGES = 5            # such pages, from forms long enough to hold one
 FIDELITY_SEED = 0    # draws of writers, rival primes and pages: the same for every checkpoint
+POSITIONS = (1, 10, 30, 100, 300)  # a held-out line's points also scored apart from these on: where a prime helps
 TARGETED_STYLE = ("slant", "width per character / height", "strokes per character", "points per character")
 
 
@@ -207,12 +208,13 @@ def pair_nlls(model, data, pairs, batch_size=50):
     for each (prime, line) in pairs (prime None: the line alone). Every pair counts the same
     predictions, the line's points after its first (the move from the prime's end is not scored),
     so figures with and without a prime compare. Pairs of similar length go through the network
-    together. Returns (nats (N,), points scored (N,))."""
+    together. Returns (nats, points scored), each (N, len(POSITIONS)): the line's points from
+    POSITIONS[k] up to the next (sum over axis 1 for whole lines)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters(), torch.empty(0)).device
     sequences = [pair_sequence(data, prime, line) for prime, line in pairs]
-    nats, points = np.zeros(len(pairs)), np.zeros(len(pairs))
+    nats, points = np.zeros((len(pairs), len(POSITIONS))), np.zeros((len(pairs), len(POSITIONS)))
     for batch in dataset.make_batches([len(s[0]) for s in sequences], batch_size):
         offsets, mask = dataset.pad([sequences[i][0] for i in batch], np.float32)
         text, text_mask = dataset.pad([sequences[i][1] for i in batch], np.int64)
@@ -220,8 +222,12 @@ def pair_nlls(model, data, pairs, batch_size=50):
         for b, i in enumerate(batch):
             scored[b, :sequences[i][2]] = 0
         y, _, _ = model(offsets[:, :-1].to(device), text.to(device), text_mask.to(device))
-        nll = point_nll(split_mixture(y), offsets[:, 1:].to(device)).cpu() * scored
-        nats[batch], points[batch] = nll.sum(1).double().numpy(), scored.sum(1).numpy()
+        nll = (point_nll(split_mixture(y), offsets[:, 1:].to(device)).cpu() * scored).double().numpy()
+        for b, i in enumerate(batch):  # target prime_rows + j - 1 is the line's point j
+            position = np.arange(nll.shape[1]) - sequences[i][2] + 1
+            part = np.searchsorted(POSITIONS, position, side="right") - 1
+            for k in range(len(POSITIONS)):
+                nats[i, k], points[i, k] = nll[b, part == k].sum(), scored[b, part == k].sum()
     model.train(was_training)
     return nats, points
 
@@ -229,7 +235,7 @@ def pair_nlls(model, data, pairs, batch_size=50):
 def primed_nll(model, data, prime, line):
     """NLL (nats) of line `line` after line `prime` (pair_nlls), and of the line alone."""
     nats, _ = pair_nlls(model, data, [(prime, line), (None, line)])
-    return nats.tolist()
+    return nats.sum(1).tolist()
 
 
 def forms_of(line_ids):
@@ -282,14 +288,16 @@ def likelihood_figures(model, data, plan, batch_size=50):
     lines = [line for _, line in plan.held_out]
     control = [(others[0], line) for others, line in zip(plan.others, lines)]
     rivals = [(other, lines[i]) for i in plan.identified for other in plan.others[i][1:]]
-    nats, points = pair_nlls(model, data, [(None, line) for line in lines] + plan.held_out + control + rivals,
-                             batch_size)
-    n = len(lines)
+    by_position, points = pair_nlls(model, data, [(None, line) for line in lines] + plan.held_out + control + rivals,
+                                    batch_size)
+    nats, n = by_position.sum(1), len(lines)
     figures = {}
     for number, name in enumerate(["alone", "own", "other"]):
         part = slice(number * n, (number + 1) * n)
         figures[f"nll_{name}_per_line"] = nats[part].sum() / n
         figures[f"nll_{name}_per_point"] = nats[part].sum() / points[part].sum()
+        for k, first in enumerate(POSITIONS):
+            figures[f"nll_{name}_per_point_from_{first}"] = by_position[part, k].sum() / max(points[part, k].sum(), 1)
     scores = np.column_stack([nats[n:2 * n][plan.identified], nats[2 * n:3 * n][plan.identified],
                               nats[3 * n:].reshape(len(plan.identified), -1)])
     figures.update(held_out_lines=n, identified_lines=len(plan.identified), candidates=scores.shape[1],
@@ -438,6 +446,10 @@ def fidelity_table(figures):
              "primed ≤ alone − 20 and ≤ control − 40", met(own <= alone - 20 and own <= other - 40)),
             ("the same, nats per point", f("nll_alone_per_point", 4), f("nll_own_per_point", 4),
              f("nll_other_per_point", 4), "", ""),
+            *[(f"nats per point, the line's points {first}-{last - 1}" if last
+               else f"nats per point, the line's points {first} on",
+               *[f(f"nll_{name}_per_point_from_{first}", 4) for name in ("alone", "own", "other")], "", "")
+              for first, last in zip(POSITIONS, POSITIONS[1:] + (None,))],
             (f"writer named by likelihood among {candidates} primes, top-1 (control: chance)", "—",
              f("identification_top1"), f"{1 / candidates:.3f}", "≥ 0.60", met(get("identification_top1") >= 0.6))]
     for statistic in TARGETED_STYLE + ("height",):

@@ -251,6 +251,33 @@ def test_primed_nll_is_the_joined_sequence_minus_its_prime_part_by_hand(tiny):
     assert figures["nll_own_per_line"] != pytest.approx(figures["nll_other_per_line"], rel=1e-3)
 
 
+def test_points_are_scored_apart_by_where_they_are_in_the_line(tiny, monkeypatch):
+    """The NLL of a line's points 1-2, 3-9 and 10 on, alone and after a prime: the network is causal,
+    so points 1..j of the line score what the line's first j + 1 rows score by themselves (alone),
+    or what the joined sequence cut j rows into the line scores less its prime part (primed)."""
+    path, data_dir = tiny
+    monkeypatch.setattr(evaluate, "POSITIONS", (1, 3, 10))
+    data = writers(dataset.load_data(os.path.join(data_dir, "validation.npz")), 2)
+    model = Writer.load(path).model
+
+    def prefix_nll(prime, line, rows):  # rows of the line read (after the prime and its move)
+        if prime is None:
+            offsets, codes, start = data.offsets[line], data.text_codes[line], 0
+        else:
+            (offsets, codes), start = dataset.joined(data, prime, line), len(data.offsets[prime])
+        x, text = torch.from_numpy(offsets)[None], torch.from_numpy(codes)[None]
+        with torch.no_grad():
+            nll = lambda n: sequence_nll(model, x[:, :n], torch.ones(1, n), text, torch.ones(text.shape))[0].item()
+            return nll(start + rows) - (nll(start + 1) if start else 0.0)
+
+    for prime in (None, 0):
+        [nats], [points] = evaluate.pair_nlls(model, data, [(prime, 2)])
+        rows = len(data.offsets[2])
+        assert points.tolist() == [2, 7, rows - 10]
+        cumulative = [prefix_nll(prime, 2, n) for n in (3, 10, rows)]
+        np.testing.assert_allclose(np.cumsum(nats), cumulative, rtol=1e-5)
+
+
 def test_writer_identification_is_the_brute_force_argmin(tiny):
     path, data_dir = tiny
     data = writers(dataset.load_data(os.path.join(data_dir, "validation.npz")), 3)
