@@ -499,8 +499,8 @@ def train_epoch(args, run, model, optimizer, train_data, progress, epoch, ranks,
     batches = dataset.make_batches([dataset.item_length(train_data, item) for item in items], args.batch_size,
                                    np.random.default_rng([args.seed, epoch]), args.bucket_pool)
     steps = len(batches) // ranks.size
-    clock = {"started": time.time(), "points": 0.0, "cpu_unsummed": 0.0,
-             "cpu_mark": time.process_time(), "wall_mark": time.time()}
+    clock = {"cpu_unsummed": 0.0, "cpu_mark": time.process_time(), "wall_mark": time.time()}
+    started, points_before = time.time(), progress.points  # the bar's pace: this run's points a second
     bar = tqdm(total=steps, initial=progress.step_in_epoch, desc=f"epoch {epoch + 1}/{args.num_epochs}",
                disable=not ranks.main)
     for step in range(progress.step_in_epoch, steps):
@@ -510,12 +510,15 @@ def train_epoch(args, run, model, optimizer, train_data, progress, epoch, ranks,
                                                          args.timesteps + 1, args.device, args.distort,
                                                          np.random.default_rng([args.seed, epoch, batch]))
         steps_before = progress.step
-        train_batch(args, run, model, optimizer, (offsets, mask, text, text_mask), ranks, progress,
-                    lambda: learning_rate(args, epoch, progress, steps), clock, bar)
+        nats_per_point = train_batch(args, run, model, optimizer, (offsets, mask, text, text_mask), ranks, progress,
+                                     lambda: learning_rate(args, epoch, progress, steps))
         progress.step_in_epoch += 1
         clock["cpu_unsummed"] += time.process_time() - clock["cpu_mark"]
         progress.epoch_seconds += time.time() - clock["wall_mark"]
         clock["cpu_mark"], clock["wall_mark"] = time.process_time(), time.time()
+        if nats_per_point is not None:
+            bar.set_postfix(nats_per_point=f"{nats_per_point:.3f}",
+                            points_per_s=f"{(progress.points - points_before) / (time.time() - started):.0f}")
         bar.update(1)
         # checks come between batches: due when the batch's steps reached a multiple of N
         due = lambda every: every and progress.step // every > steps_before // every
@@ -540,11 +543,12 @@ def train_epoch(args, run, model, optimizer, train_data, progress, epoch, ranks,
     return None
 
 
-def train_batch(args, run, model, optimizer, batch, ranks, progress, rate, clock, bar):
+def train_batch(args, run, model, optimizer, batch, ranks, progress, rate):
     """One batch: one optimizer step per window of it (one window unless --tbptt), each window's
-    lines starting from the state the previous window left; adds to progress's counts."""
+    lines starting from the state the previous window left; adds to progress's counts. Returns
+    the last good window's nats per point (None if every window was skipped)."""
     offsets, mask, text, text_mask = batch
-    state, batch_lines = None, 0
+    state, batch_lines, nats_per_point = None, 0, None
     for start, stop in dataset.windows(offsets.shape[1] - 1, args.tbptt or offsets.shape[1] - 1):
         for group in optimizer.param_groups:
             group["lr"] = rate()
@@ -566,11 +570,9 @@ def train_batch(args, run, model, optimizer, batch, ranks, progress, rate, clock
         progress.window_nll += nll
         progress.window_points += count
         progress.points += count
-        clock["points"] += count
-        batch_lines = lines
-        bar.set_postfix(nats_per_point=f"{nll / count:.3f}",
-                        points_per_s=f"{clock['points'] / (time.time() - clock['started']):.0f}")
+        batch_lines, nats_per_point = lines, nll / count
     progress.epoch_lines += batch_lines
+    return nats_per_point
 
 
 def log_curve(args, run, model, optimizer, curve_data, progress):
