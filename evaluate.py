@@ -20,8 +20,8 @@ lines that stall.
 Fidelity (--fidelity, instead of the above): whether priming carries a writer's hand, on every
 validation form (one writer's consecutive lines) with two lines or more: the likelihood of a
 writer's lines alone, after the writer's line before and after another writer's (also by where the
-points lie in the line: evaluate.POSITIONS); the writer named
-by likelihood among 10 primes; style, legibility and drift over a page of lines written in the hand.
+points lie in the line: evaluate.POSITIONS); the writer named by likelihood among 10 primes; style,
+legibility and drift over a page of lines written in the hand.
 One table, each row beside its target (docs/fidelity.md, "The hand").
 
     OMP_NUM_THREADS=1 python evaluate.py save/synthesis.pt --fidelity --threads 1
