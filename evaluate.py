@@ -225,11 +225,11 @@ def pair_nlls(model, data, pairs, batch_size=50):
             scored[b, :sequences[i][2]] = 0
         y, _, _ = model(offsets[:, :-1].to(device), text.to(device), text_mask.to(device))
         nll = (point_nll(split_mixture(y), offsets[:, 1:].to(device)).cpu() * scored).double().numpy()
-        for b, i in enumerate(batch):  # target prime_rows + j - 1 is the line's point j
-            position = np.arange(nll.shape[1]) - sequences[i][2] + 1
-            part = np.searchsorted(POSITIONS, position, side="right") - 1
-            for k in range(len(POSITIONS)):
-                nats[i, k], points[i, k] = nll[b, part == k].sum(), scored[b, part == k].sum()
+        # target prime_rows + j - 1 is the line's point j; part k holds points POSITIONS[k] on (-1: the prime)
+        position = np.arange(nll.shape[1]) - np.array([sequences[i][2] for i in batch])[:, None] + 1
+        part = np.searchsorted(POSITIONS, position, side="right") - 1
+        for k in range(len(POSITIONS)):
+            nats[batch, k], points[batch, k] = (nll * (part == k)).sum(1), (scored.numpy() * (part == k)).sum(1)
     model.train(was_training)
     return nats, points
 
