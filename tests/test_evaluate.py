@@ -217,6 +217,19 @@ def test_draw_plan_primes_each_held_out_line_with_the_line_before_and_rivals_fro
         evaluate.draw_plan(writers(data, 1))
 
 
+def line_nll_by_hand(model, data, prime, line, rows):
+    """NLL of the line's points 1 .. rows-1 read after `prime` (None: alone): the network is causal, so
+    it is what the sequence cut there scores, less its prime part (the prime and the move) if primed."""
+    if prime is None:
+        offsets, codes, start = data.offsets[line], data.text_codes[line], 0
+    else:
+        (offsets, codes), start = dataset.joined(data, prime, line), len(data.offsets[prime])
+    x, text = torch.from_numpy(offsets)[None], torch.from_numpy(codes)[None]
+    with torch.no_grad():
+        nll = lambda n: sequence_nll(model, x[:, :n], torch.ones(1, n), text, torch.ones(text.shape))[0].item()
+        return nll(start + rows) - (nll(start + 1) if start else 0.0)
+
+
 def test_primed_nll_is_the_joined_sequence_minus_its_prime_part_by_hand(tiny):
     """A held-out line's NLL after a prime is the model's NLL of the two lines joined (dataset.joined:
     texts joined by a space, the pen moved on) less that of the joined sequence's prime part (the
@@ -226,14 +239,7 @@ def test_primed_nll_is_the_joined_sequence_minus_its_prime_part_by_hand(tiny):
     data = writers(dataset.load_data(os.path.join(data_dir, "validation.npz")), 2)
     model = Writer.load(path).model
 
-    def by_hand(prime, line):
-        offsets, codes = dataset.joined(data, prime, line)
-        x, text = torch.from_numpy(offsets)[None], torch.from_numpy(codes)[None]
-        rows = len(data.offsets[prime]) + 1  # the prime and the move
-        with torch.no_grad():
-            whole, _ = sequence_nll(model, x, torch.ones(x.shape[:2]), text, torch.ones(text.shape))
-            part, _ = sequence_nll(model, x[:, :rows], torch.ones(1, rows), text, torch.ones(text.shape))
-        return (whole - part).item()
+    by_hand = lambda prime, line: line_nll_by_hand(model, data, prime, line, len(data.offsets[line]))
 
     primed, alone = evaluate.primed_nll(model, data, 0, 2)
     assert primed == pytest.approx(by_hand(0, 2), rel=1e-5)
@@ -260,21 +266,11 @@ def test_points_are_scored_apart_by_where_they_are_in_the_line(tiny, monkeypatch
     data = writers(dataset.load_data(os.path.join(data_dir, "validation.npz")), 2)
     model = Writer.load(path).model
 
-    def prefix_nll(prime, line, rows):  # rows of the line read (after the prime and its move)
-        if prime is None:
-            offsets, codes, start = data.offsets[line], data.text_codes[line], 0
-        else:
-            (offsets, codes), start = dataset.joined(data, prime, line), len(data.offsets[prime])
-        x, text = torch.from_numpy(offsets)[None], torch.from_numpy(codes)[None]
-        with torch.no_grad():
-            nll = lambda n: sequence_nll(model, x[:, :n], torch.ones(1, n), text, torch.ones(text.shape))[0].item()
-            return nll(start + rows) - (nll(start + 1) if start else 0.0)
-
     for prime in (None, 0):
         [nats], [points] = evaluate.pair_nlls(model, data, [(prime, 2)])
         rows = len(data.offsets[2])
         assert points.tolist() == [2, 7, rows - 10]
-        cumulative = [prefix_nll(prime, 2, n) for n in (3, 10, rows)]
+        cumulative = [line_nll_by_hand(model, data, prime, 2, n) for n in (3, 10, rows)]
         np.testing.assert_allclose(np.cumsum(nats), cumulative, rtol=1e-5)
 
 
