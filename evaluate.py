@@ -299,7 +299,8 @@ def likelihood_figures(model, data, plan, batch_size=50):
         figures[f"nll_{name}_per_line"] = nats[part].sum() / n
         figures[f"nll_{name}_per_point"] = nats[part].sum() / points[part].sum()
         for k, first in enumerate(POSITIONS):
-            figures[f"nll_{name}_per_point_from_{first}"] = by_position[part, k].sum() / max(points[part, k].sum(), 1)
+            scored = points[part, k].sum()  # none on tiny data whose lines end before POSITIONS[k]: unjudged
+            figures[f"nll_{name}_per_point_from_{first}"] = by_position[part, k].sum() / scored if scored else np.nan
     scores = np.column_stack([nats[n:2 * n][plan.identified], nats[2 * n:3 * n][plan.identified],
                               nats[3 * n:].reshape(len(plan.identified), -1)])
     figures.update(held_out_lines=n, identified_lines=len(plan.identified), candidates=scores.shape[1],

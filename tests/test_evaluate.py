@@ -274,6 +274,22 @@ def test_points_are_scored_apart_by_where_they_are_in_the_line(tiny, monkeypatch
         np.testing.assert_allclose(np.cumsum(nats), cumulative, rtol=1e-5)
 
 
+def test_a_part_of_the_line_no_line_reaches_is_left_unjudged(tiny, monkeypatch):
+    """No held-out line has a millionth point: that part has no NLL (not 0 nats) and the table shows
+    it as unjudged, while the line's whole NLL is unchanged."""
+    path, data_dir = tiny
+    data = writers(dataset.load_data(os.path.join(data_dir, "validation.npz")), 3)
+    model = Writer.load(path).model
+    plan = evaluate.draw_plan(data)
+    whole, _ = evaluate.likelihood_figures(model, data, plan, batch_size=4)
+    monkeypatch.setattr(evaluate, "POSITIONS", (1, 10 ** 6))
+    figures, _ = evaluate.likelihood_figures(model, data, plan, batch_size=4)
+    assert np.isnan(figures["nll_own_per_point_from_1000000"])
+    assert figures["nll_own_per_point_from_1"] == pytest.approx(whole["nll_own_per_point"], rel=1e-5)
+    rows = {name: values for name, *values, target, met in evaluate.fidelity_table(figures)}
+    assert rows["nats per point, the line's points 1000000 on"] == ["—", "—", "—"]
+
+
 def test_writer_identification_is_the_brute_force_argmin(tiny):
     path, data_dir = tiny
     data = writers(dataset.load_data(os.path.join(data_dir, "validation.npz")), 3)
@@ -361,7 +377,7 @@ def test_fidelity_with_skip_legibility_scores_the_likelihood_alone(tiny, tmp_pat
     data = evaluate.checkpoints_view(dataset.load_data(tmp_path / "validation.npz"), writer.normalisation, path)
     expected, _ = evaluate.likelihood_figures(writer.model, data, evaluate.draw_plan(data))
     for key, value in expected.items():
-        assert row[f"fidelity {key}"] == pytest.approx(value), key
+        assert row[f"fidelity {key}"] == pytest.approx(value, nan_ok=True), key
     assert not any("cer" in key or "error" in key or "drift" in key for key in row)
 
 
