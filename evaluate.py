@@ -361,8 +361,9 @@ def written_figures(writer, data, plan, bias, seed, batch_size=50, read=None, wo
     """Up to STYLE_LINES held-out lines of each writer written at `bias`, unprimed and primed by
     the line before them: their style errors against the writer's real lines (style_errors; the
     real lines rescaled to the data's pace as a prime is, which changes only height and width),
-    how many stalled, and, given a reader (read_with_tesseract), the CER of the written lines and of
-    the real lines of the same texts."""
+    how many stalled, the same errors of the primes themselves (the writer's real lines before:
+    how near the writer comes to their own hand), and, given a reader (read_with_tesseract), the
+    CER of the written lines and of the real lines of the same texts."""
     chosen = [entry for form in plan.writers
               for entry in [e for e in plan.held_out if dataset.form_of(data.line_ids[e[1]]) == form][:STYLE_LINES]]
     writer_of = [dataset.form_of(data.line_ids[line]) for _, line in chosen]
@@ -370,7 +371,12 @@ def written_figures(writer, data, plan, bias, seed, batch_size=50, read=None, wo
     primes = [Prime(data.texts[prime], pen_units(data, prime)) for prime, _ in chosen]
     real = [style(ink.rescale_to_pace(pen_units(data, line), writer.median_step), text)
             for (_, line), text in zip(chosen, texts)]
+    # the control: how far the writer's own line before (the prime, real ink) is from the held-out lines
+    prime_styles = [style(ink.rescale_to_pace(pen_units(data, prime), writer.median_step), data.texts[prime])
+                    for prime, _ in chosen]
     figures = {"style_lines": len(texts)}
+    figures.update({f"prime error: {statistic}": error
+                    for statistic, error in style_errors(prime_styles, real, writer_of).items()})
     written = {}
     for kind, kind_primes in [("unprimed", None), ("primed", primes)]:
         written[kind], capped = write_in_batches(writer, texts, kind_primes, bias, seed, batch_size)
@@ -438,7 +444,8 @@ def fidelity(writer, data, writers=None, bias=1.0, seed=0, batch_size=50, read=N
 def fidelity_table(figures):
     """The figures as rows (measure, unprimed or alone, primed by the writer, control, target, met),
     numbers as text; the targets are issue 48's. Controls: the held-out lines after another
-    writer's line; chance; the real lines."""
+    writer's line; chance; for style, the primes themselves (how near a writer's own line comes);
+    the real lines."""
     f = lambda key, digits=3: "—" if not np.isfinite(figures.get(key, np.nan)) else f"{figures[key]:.{digits}f}"
     get = lambda key: figures.get(key, np.nan)
     met = lambda ok: "yes" if ok else "no"
@@ -460,7 +467,8 @@ def fidelity_table(figures):
         targeted = statistic in TARGETED_STYLE
         rows.append((f"{statistic}, error" + (" in degrees" if statistic == "slant" else "")
                      + ("" if targeted else " (the data's pace)"), f(f"unprimed error: {statistic}"),
-                     f(f"primed error: {statistic}"), "—", "primed ≤ ½ unprimed" if targeted else "",
+                     f(f"primed error: {statistic}"), f(f"prime error: {statistic}"),
+                     "primed ≤ ½ unprimed" if targeted else "",
                      "" if not targeted else met(primed <= unprimed / 2) if np.isfinite([primed, unprimed]).all()
                      else "—"))
     cer = [get(f"{kind} cer") for kind in ("unprimed", "primed", "human")]

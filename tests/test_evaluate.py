@@ -331,6 +331,27 @@ def test_writer_identification_names_writers_whose_hands_differ_in_size():
     assert figures["nll_own_per_line"] < figures["nll_other_per_line"] - 100
 
 
+def test_the_style_control_is_how_far_the_primes_themselves_are_from_the_held_out_lines(tiny):
+    """Writer w1's lines are four copies of one line: its primes are its held-out lines, error 0.
+    Writer w0's are three copies after a different first line, which is one of its three primes:
+    its error is a third of that line's difference (slant in degrees, the rest relative)."""
+    path, _ = tiny
+    data = writers(make_handwriting_data(8, seed=4), 2)  # w0: lines 0, 2, 4, 6; w1: 1, 3, 5, 7
+    copy_of = {4: 2, 6: 2, 3: 1, 5: 1, 7: 1}
+    data = dataclasses.replace(data, **{field: [getattr(data, field)[copy_of.get(i, i)] for i in range(8)]
+                                        for field in ("offsets", "text_codes", "texts")})
+    writer = Writer.load(path)
+    plan = evaluate.draw_plan(data)
+    assert plan.held_out == [(0, 2), (2, 4), (4, 6), (1, 3), (3, 5), (5, 7)]
+    figures = evaluate.written_figures(writer, data, plan, bias=1.0, seed=0)
+    first, copied = (evaluate.style(evaluate.pen_units(data, i), data.texts[i]) for i in (0, 2))
+    for statistic in evaluate.TARGETED_STYLE:  # free of scale, so rescaling to the pace leaves them be
+        difference = abs(first[statistic] - copied[statistic])
+        expected = (difference if statistic == "slant" else difference / abs(copied[statistic])) / 3 / 2
+        assert figures[f"prime error: {statistic}"] == pytest.approx(expected, rel=1e-6), statistic
+    assert figures["prime error: slant"] > 0
+
+
 def test_fidelity_end_to_end_logs_one_row_with_every_figure(tiny, tmp_path, monkeypatch, capsys):
     """Two writers of 6 lines each (pages of 4 lines), through the command line: every figure of the
     table is there and finite; a stand-in reader that reads each image as the text it should say gives CER 0 for
