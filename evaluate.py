@@ -26,6 +26,7 @@ One table, each row beside its target (docs/fidelity.md, "The hand").
 
     OMP_NUM_THREADS=1 python evaluate.py save/synthesis.pt --fidelity --threads 1
     python evaluate.py CHECKPOINT --fidelity 60 --skip_legibility   # likelihood and naming only: a training curve
+    python evaluate.py CHECKPOINT --fidelity 20 --adapt 6            # primes learnt (Writer.adapted), not read
 
 Each run appends one row to --log (CSV), so curves over checkpoints can be drawn.
 """
@@ -47,8 +48,8 @@ import checkpoint
 import dataset
 import ink
 import utils
-from generate import Prime, Writer
-from model import MAX_POINTS_PER_CHAR, point_nll, split_mixture
+from generate import ADAPT_RATE, Prime, Writer
+from model import MAX_POINTS_PER_CHAR, adapted, point_nll, split_mixture
 
 PIXELS_PER_UNIT = 0.15  # pen units to pixels: a median IAM-OnDB line (~600 units tall) -> ~90 px
 PEN_WIDTH = 3           # pixels
@@ -234,6 +235,30 @@ def pair_nlls(model, data, pairs, batch_size=50):
     return nats, points
 
 
+def adapted_to(model, data, line, steps):
+    """The network fine-tuned on line `line` of data (model.adapted, at Writer.adapted's rate)."""
+    device = next(model.parameters()).device
+    offsets, _ = dataset.pad([data.offsets[line]], np.float32)
+    text, text_mask = dataset.pad([data.text_codes[line]], np.int64)
+    return adapted(model, offsets.to(device), text.to(device), text_mask.to(device), steps, ADAPT_RATE)
+
+
+def scored_pairs(model, data, pairs, batch_size=50, adapt_steps=0):
+    """pair_nlls; with adapt_steps, the prime is learnt rather than read: each line is scored from
+    its start (as alone) by the network fine-tuned on its prime's line (adapted_to), once for all
+    the lines of one prime."""
+    if not adapt_steps:
+        return pair_nlls(model, data, pairs, batch_size)
+    nats, points = np.zeros((len(pairs), len(POSITIONS))), np.zeros((len(pairs), len(POSITIONS)))
+    by_prime = {}
+    for i, (prime, _) in enumerate(pairs):
+        by_prime.setdefault(prime, []).append(i)
+    for prime, indices in by_prime.items():
+        learner = model if prime is None else adapted_to(model, data, prime, adapt_steps)
+        nats[indices], points[indices] = pair_nlls(learner, data, [(None, pairs[i][1]) for i in indices], batch_size)
+    return nats, points
+
+
 def primed_nll(model, data, prime, line):
     """NLL (nats) of line `line` after line `prime` (pair_nlls), and of the line alone."""
     nats, _ = pair_nlls(model, data, [(prime, line), (None, line)])
@@ -282,16 +307,17 @@ def draw_plan(data, writers=None):
     return FidelityPlan(eligible, held_out, others, identified, pages)
 
 
-def likelihood_figures(model, data, plan, batch_size=50):
+def likelihood_figures(model, data, plan, batch_size=50, adapt_steps=0):
     """The held-out lines' NLL alone, after their own prime and after the control (another writer's
     line), in nats per line and per point; and writer identification: each `identified` line's
-    candidates, its own prime first, scored, the likeliest named (top-1 accuracy).
-    Returns (figures, scores (identified lines, candidates) in nats)."""
+    candidates, its own prime first, scored, the likeliest named (top-1 accuracy). adapt_steps:
+    primes learnt, not read (scored_pairs). Returns (figures, scores (identified lines, candidates)
+    in nats)."""
     lines = [line for _, line in plan.held_out]
     control = [(others[0], line) for others, line in zip(plan.others, lines)]
     rivals = [(other, lines[i]) for i in plan.identified for other in plan.others[i][1:]]
-    by_position, points = pair_nlls(model, data, [(None, line) for line in lines] + plan.held_out + control + rivals,
-                                    batch_size)
+    by_position, points = scored_pairs(model, data, [(None, line) for line in lines] + plan.held_out + control + rivals,
+                                       batch_size, adapt_steps)
     nats, n = by_position.sum(1), len(lines)
     figures = {}
     for number, name in enumerate(["alone", "own", "other"]):
@@ -357,13 +383,27 @@ def read_lines(lines, texts, read, workdir=None):
         return character_error_rate(read(paths), texts)
 
 
-def written_figures(writer, data, plan, bias, seed, batch_size=50, read=None, workdir=None):
+def write_adapted(writer, texts, primes, bias, seed, adapt_steps):
+    """Each text written unprimed by the writer adapted to its prime (Writer.adapted), with seed +
+    its number, stalled lines kept (retries=0). Returns (lines in pen units, capped flags)."""
+    lines, capped = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stalled lines are counted by the caller
+        for number, (text, prime) in enumerate(zip(texts, primes, strict=True)):
+            writing = writer.adapted(prime, adapt_steps).write(text, bias=bias, seed=seed + number, retries=0)
+            lines.append(writing.lines[0])
+            capped.append(writing.capped[0])
+    return lines, capped
+
+
+def written_figures(writer, data, plan, bias, seed, batch_size=50, read=None, workdir=None, adapt_steps=0):
     """Up to STYLE_LINES held-out lines of each writer written at `bias`, unprimed and primed by
     the line before them: their style errors against the writer's real lines (style_errors; the
     real lines rescaled to the data's pace as a prime is, which changes only height and width),
     how many stalled, the same errors of the primes themselves (the writer's real lines before:
     how near the writer comes to their own hand), and, given a reader (read_with_tesseract), the
-    CER of the written lines and of the real lines of the same texts."""
+    CER of the written lines and of the real lines of the same texts. adapt_steps: the primed lines
+    are written by the writer adapted to their prime (write_adapted)."""
     chosen = [entry for form in plan.writers
               for entry in [e for e in plan.held_out if dataset.form_of(data.line_ids[e[1]]) == form][:STYLE_LINES]]
     writer_of = [dataset.form_of(data.line_ids[line]) for _, line in chosen]
@@ -379,7 +419,10 @@ def written_figures(writer, data, plan, bias, seed, batch_size=50, read=None, wo
                     for statistic, error in style_errors(prime_styles, real, writer_of).items()})
     written = {}
     for kind, kind_primes in [("unprimed", None), ("primed", primes)]:
-        written[kind], capped = write_in_batches(writer, texts, kind_primes, bias, seed, batch_size)
+        if kind == "primed" and adapt_steps:
+            written[kind], capped = write_adapted(writer, texts, kind_primes, bias, seed, adapt_steps)
+        else:
+            written[kind], capped = write_in_batches(writer, texts, kind_primes, bias, seed, batch_size)
         errors = style_errors([style(line, text) for line, text in zip(written[kind], texts)], real, writer_of)
         figures.update({f"{kind} error: {statistic}": error for statistic, error in errors.items()})
         figures[f"{kind} stalled"] = int(sum(capped))
@@ -389,19 +432,21 @@ def written_figures(writer, data, plan, bias, seed, batch_size=50, read=None, wo
     return figures
 
 
-def drift_figures(writer, data, plan, bias, seed):
+def drift_figures(writer, data, plan, bias, seed, adapt_steps=0):
     """Pages of PAGE_LINES lines written by Writer.write_page in one writer's hand (primed by the
     form's first line, the texts of its next lines), one per plan.pages form: how far the style
     of a page's last line is from its first's (style_error, the mean over pages), and the same for
-    the writer's own lines of those texts."""
+    the writer's own lines of those texts. adapt_steps: the pages are written unprimed by the
+    writer adapted to that line (Writer.adapted)."""
     forms = forms_of(data.line_ids)
     drift = {"page": [], "human": []}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a stalled page line is written again, up to write_page's retries
         for number, form in enumerate(plan.pages):
             prime, *lines = forms[form][:PAGE_LINES + 1]
-            page = writer.write_page([data.texts[i] for i in lines], bias=bias, seed=seed + number,
-                                     prime=Prime(data.texts[prime], pen_units(data, prime)))
+            prime = Prime(data.texts[prime], pen_units(data, prime))
+            hand, prime = (writer.adapted(prime, adapt_steps), None) if adapt_steps else (writer, prime)
+            page = hand.write_page([data.texts[i] for i in lines], bias=bias, seed=seed + number, prime=prime)
             for kind, drawn in [("page", page.lines), ("human", [pen_units(data, i) for i in lines])]:
                 first, last = style(drawn[0], data.texts[lines[0]]), style(drawn[-1], data.texts[lines[-1]])
                 drift[kind].append({s: style_error(last[s], first[s], s) for s in first})
@@ -419,21 +464,22 @@ def cpu_seconds():
 
 
 def fidelity(writer, data, writers=None, bias=1.0, seed=0, batch_size=50, read=None, workdir=None, say=print,
-             write=True):
+             write=True, adapt_steps=0):
     """Whether priming carries the writer's hand, on `writers` validation forms with two lines or
     more (drawn with FIDELITY_SEED; None: all): likelihood_figures, then, when `write`,
     written_figures at `bias` and `seed` (CER only given a reader) and drift_figures. Says how long
-    each part took. Returns one dict of figures (fidelity_table lays it out)."""
+    each part took. adapt_steps: every prime learnt by that many steps of fine-tuning on its line
+    (Writer.adapted), not read. Returns one dict of figures (fidelity_table lays it out)."""
     plan = draw_plan(data, writers)
     say(f"fidelity: {len(plan.writers)} writers, {len(plan.held_out)} held-out lines, "
         f"{len(plan.identified)} named among {min(CANDIDATES, len(forms_of(data.line_ids)))} primes"
         + (f", {len(plan.pages)} pages of {PAGE_LINES} lines; bias {bias}, seed {seed}" if write else ""))
-    figures = {"writers": len(plan.writers), "bias": bias, "seed": seed}
+    figures = {"writers": len(plan.writers), "bias": bias, "seed": seed, "adapt_steps": adapt_steps}
     parts = [("likelihood and writer identification",
-              lambda: likelihood_figures(writer.model, data, plan, batch_size)[0]),
+              lambda: likelihood_figures(writer.model, data, plan, batch_size, adapt_steps)[0]),
              ("lines written unprimed and primed" + (", read by Tesseract" if read else ""),
-              lambda: written_figures(writer, data, plan, bias, seed, batch_size, read, workdir)),
-             ("pages written in one hand", lambda: drift_figures(writer, data, plan, bias, seed))]
+              lambda: written_figures(writer, data, plan, bias, seed, batch_size, read, workdir, adapt_steps)),
+             ("pages written in one hand", lambda: drift_figures(writer, data, plan, bias, seed, adapt_steps))]
     for name, part in parts if write else parts[:1]:
         started, cpu = time.time(), cpu_seconds()
         figures.update(part())
@@ -500,11 +546,12 @@ def judge_fidelity(path, data, args):
     started = time.time()
     try:
         figures = fidelity(writer, view, writers, args.bias, args.seed, args.batch_size, read,
-                           write=not args.skip_legibility)
+                           write=not args.skip_legibility, adapt_steps=args.adapt)
     except ValueError as e:
         raise SystemExit(f"{path}: {e}")
+    primed = f"adapted to the writer's line ({args.adapt} steps)" if args.adapt else "primed by the writer"
     print(f"{path}: priming fidelity ({time.time() - started:.0f} s)\n"
-          "| measure | unprimed (alone) | primed by the writer | control | target | met |\n"
+          f"| measure | unprimed (alone) | {primed} | control | target | met |\n"
           "| --- | --- | --- | --- | --- | --- |")
     for row in fidelity_table(figures):
         print("| " + " | ".join(row) + " |")
@@ -546,11 +593,16 @@ def parse_args(argv=None):
                    help="instead: whether priming carries a writer's hand, on all validation writers (forms "
                         "with two lines or more), or WRITERS of them: likelihood of their lines alone and "
                         "primed, the writer named by likelihood, style and CER of lines written in their hand")
+    p.add_argument("--adapt", metavar="STEPS", type=arguments.OPTIONAL, default=0,
+                   help="with --fidelity: each prime learnt, not read: the network fine-tuned on the prime's "
+                        "line for STEPS steps (Writer.adapted), the line then scored and written from its start")
     p.add_argument("--log", default=os.path.join("save", "judgements.csv"),
                    help="CSV that gets one row per judged checkpoint")
     p.add_argument("--threads", type=arguments.THREADS, default=1, help="CPU threads (as train.py; 0: one per core)")
     p.add_argument("--device", type=arguments.DEVICE, default="cpu")
     args = arguments.parse(p, argv)
+    if args.adapt and args.fidelity is None:
+        p.error("--adapt is for --fidelity: it says how the judge's primes are taken in")
     fault = args.log and log_fault(args.log)
     if fault:  # checked before the judging, which may take an hour
         p.error(f"--log {args.log}: {fault}")

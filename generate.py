@@ -25,7 +25,10 @@ cap (--max_points_per_char per character) stops a line that never gets there, wi
 Style (section 5.5): --prime FILE (an IAM-OnDB line XML, InkML or JSON) or --prime_line LINE_ID
 (a line of the processed data) is read by the network before it writes, so that it writes on in
 that hand; several --prime_line write the texts once in each hand (--show_primes draws the
-primes). Pages: --width N word-wraps the texts into lines of at most N characters and writes them
+primes). --adapt STEPS learns a prime's hand rather than reading it: a copy of the network is
+fine-tuned on the prime's line (Graves' dynamic evaluation), then writes from the line's start,
+which makes the writer's other lines likelier than reading the prime does (docs/fidelity.md).
+Pages: --width N word-wraps the texts into lines of at most N characters and writes them
 one below the other in one style (Writer.write_page).
 
     python generate.py --prime a01-000u-01.xml --prime_text "A MOVE to stop Mr. Gaitskell" --text "in my hand"
@@ -48,10 +51,12 @@ import checkpoint
 import dataset
 import ink
 import utils
+import model
 from model import MAX_POINTS_PER_CHAR
 
 DRAWING_FORMATS = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
 RETRIES = 3  # a stalled line is written again with the next seed, up to this many times
+ADAPT_STEPS, ADAPT_RATE = 6, 5e-5  # Writer.adapted: the most likely held-out lines of a writer (docs/fidelity.md)
 
 # Bounds on the work of one call (docs/reliability.md).
 # A line's characters: IAM-OnDB's lines have at most 64 (its validation lines 47), so the network
@@ -91,6 +96,12 @@ class Writing:
     # primed lines: where the window's peak was once the network had read the prime, in characters
     # after the space that joins the prime's text to the line's (None: past the whole text)
     prime_window: Optional[list] = None
+
+    @classmethod
+    def joined(cls, parts):
+        """One Writing of several, their lines one after another (the seed: the first's)."""
+        field = lambda name: [value for part in parts for value in getattr(part, name)]
+        return cls(field("lines"), parts[0].seed, field("texts"), field("phis"), field("capped"))
 
     def save(self, path, label=False):
         """Draw the lines, stacked, to a PNG or SVG (by extension); label writes each text above its line."""
@@ -315,6 +326,15 @@ class Writer:
             codes.append(dataset.encode_text(text, self.alphabet))
         return dataset.pad(codes, np.int64)
 
+    def adapted(self, prime, steps=ADAPT_STEPS, learning_rate=ADAPT_RATE):
+        """A Writer whose network has learnt the hand of `prime` (a Prime), not only read it: a copy
+        fine-tuned on the prime's line (model.adapted), this one left as it was. Write with it
+        unprimed: the weights carry the hand (docs/fidelity.md measures both ways)."""
+        offsets = self.prime_offsets(prime).float()[None]
+        text, text_mask = self.encode([self.spelled(prime.text)])
+        learner = model.adapted(self.model, offsets, text, text_mask, steps, learning_rate)
+        return Writer(learner, self.alphabet, self.normalisation, self.path)
+
     # ------------------------------------------------------------------------- writing
 
     def write(self, texts, bias=0.0, seed=None, max_points_per_char=MAX_POINTS_PER_CHAR, prime=None,
@@ -523,6 +543,10 @@ def parse_args(argv=None):
                    help="a prime whose text and ink disagree (the network's window, having read the ink, is more "
                         f"than {PRIME_WINDOW_SLACK} characters from the end of its text) stops the command (stop), "
                         "is written with a warning (warn) or is not looked at (off)")
+    p.add_argument("--adapt", metavar="STEPS", type=arguments.OPTIONAL, default=0,
+                   help="learn each prime's hand before writing in it: fine-tune the network on the prime's "
+                        f"line for STEPS steps (a few seconds; {ADAPT_STEPS} writes the writer's other lines "
+                        "likeliest, docs/fidelity.md), then write from the line's start (0: read the prime)")
     p.add_argument("--show_primes", action="store_true",
                    help="draw each prime, as the network reads it, above the lines written in its hand")
     p.add_argument("--data_dir", default="data", help="where --prime_line looks")
@@ -572,6 +596,8 @@ def checked(p, args):
         p.error("--prime and --prime_line both name a prime: give one")
     if args.prime_text is not None and not args.prime:
         p.error("--prime_text says what the --prime file says: give --prime FILE")
+    if args.adapt and not (args.prime or args.prime_line):
+        p.error("--adapt learns the hand of a prime: give --prime FILE or --prime_line LINE_ID")
     if args.show_primes and not (args.prime or args.prime_line):
         p.error("--show_primes draws the primes: give --prime FILE or --prime_line LINE_ID")
     if args.width is not None and args.prime_line and len(args.prime_line) > 1:
@@ -672,6 +698,12 @@ def why_unwritable(path, error):
 
 def written(writer, args, primes):
     """The Writing the options ask for: a page (--width), the texts in each hand, or rand_write's lines."""
+    if args.adapt and primes:  # each hand learnt first (Writer.adapted), its lines then written from their start
+        hands = [writer.adapted(prime, args.adapt) for prime in primes]
+        if args.width:
+            return hands[0].write_page(args.texts, args.bias, args.seed, args.max_points_per_char, progress=True)
+        return Writing.joined([hand.write(args.texts, args.bias, args.seed, args.max_points_per_char, progress=True)
+                               for hand in hands])
     if args.width:
         return writer.write_page(args.texts, args.bias, args.seed, args.max_points_per_char,
                                  primes[0] if primes else None, prime_check=args.prime_check, progress=True)

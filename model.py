@@ -14,6 +14,7 @@ Top-down: the configuration, the mixture output and its loss, sampling, the wind
 generation. This is the plain reference; kernels.FastHandwritingModel computes the same fast (what
 training and generation use), tests/test_kernels.py holds the two together, docs/speed.md says how.
 """
+import copy
 import itertools
 import math
 from dataclasses import dataclass
@@ -113,6 +114,24 @@ def sequence_nll(model, offsets, mask, text=None, text_mask=None, state=None, re
     target_mask = mask[:, 1:].to(nll.dtype)
     totals = (nll * target_mask).sum(), target_mask.sum()
     return totals + (final_state,) if return_state else totals
+
+
+# ----------------------------------------------------------------------------- dynamic evaluation
+
+def adapted(model, offsets, text, text_mask, steps, learning_rate):
+    """A copy of `model` fine-tuned by `steps` Adam steps on the NLL per point of a batch of whole
+    lines (offsets (B, T+1, 3), every point real), `model` itself untouched. Graves (section 3)
+    evaluates text dynamically, updating the weights on what the network has read; here the
+    network learns the hand of a prime line before it writes (generate.Writer.adapted)."""
+    learner = copy.deepcopy(model).train()
+    optimizer = torch.optim.Adam(learner.parameters(), lr=learning_rate)
+    mask = torch.ones(offsets.shape[:2], dtype=offsets.dtype, device=offsets.device)
+    for _ in range(steps):
+        nats, points = sequence_nll(learner, offsets, mask, text, text_mask)
+        optimizer.zero_grad()
+        (nats / points).backward()
+        optimizer.step()
+    return learner.eval()
 
 
 # ----------------------------------------------------------------------------- sampling

@@ -13,7 +13,7 @@ import dataset
 import evaluate
 from fixtures import make_handwriting_data, train_tiny
 from generate import Writer
-from model import MAX_POINTS_PER_CHAR, sequence_nll
+from model import MAX_POINTS_PER_CHAR, adapted, sequence_nll
 
 needs_tesseract = pytest.mark.skipif(not evaluate.tesseract_available(),
                                      reason="Tesseract OCR is not installed (apt-get install tesseract-ocr)")
@@ -290,6 +290,28 @@ def test_a_part_of_the_line_no_line_reaches_is_left_unjudged(tiny, monkeypatch):
     assert rows["nats per point, the line's points 1000000 on"] == ["—", "—", "—"]
 
 
+def test_an_adapted_judge_scores_each_line_from_its_start_after_learning_its_prime(tiny, monkeypatch):
+    """With adapt_steps each line is scored as alone by the network fine-tuned on its prime's line
+    (model.adapted by hand), one fine-tuning per prime; a line without a prime by the network."""
+    path, data_dir = tiny
+    data = writers(dataset.load_data(os.path.join(data_dir, "validation.npz")), 2)
+    model = Writer.load(path).model
+    calls = []
+    monkeypatch.setattr(evaluate, "adapted", lambda *args: calls.append(args) or adapted(*args))
+    pairs = [(None, 2), (0, 2), (0, 3), (1, 2)]
+    nats, points = evaluate.scored_pairs(model, data, pairs, adapt_steps=2)
+    assert len(calls) == 2
+    for row, (prime, line) in enumerate(pairs):
+        learner = model
+        if prime is not None:
+            offsets, _ = dataset.pad([data.offsets[prime]], np.float32)
+            text, text_mask = dataset.pad([data.text_codes[prime]], np.int64)
+            learner = adapted(model, offsets, text, text_mask, 2, evaluate.ADAPT_RATE)
+        expected, _ = evaluate.pair_nlls(learner, data, [(None, line)])
+        np.testing.assert_allclose(nats[row], expected[0], rtol=1e-5)
+    assert nats[1].sum() != pytest.approx(nats[0].sum(), rel=1e-4)  # learning the prime changed the line's NLL
+
+
 def test_writer_identification_is_the_brute_force_argmin(tiny):
     path, data_dir = tiny
     data = writers(dataset.load_data(os.path.join(data_dir, "validation.npz")), 3)
@@ -352,10 +374,12 @@ def test_the_style_control_is_how_far_the_primes_themselves_are_from_the_held_ou
     assert figures["prime error: slant"] > 0
 
 
-def test_fidelity_end_to_end_logs_one_row_with_every_figure(tiny, tmp_path, monkeypatch, capsys):
-    """Two writers of 6 lines each (pages of 4 lines), through the command line: every figure of the
-    table is there and finite; a stand-in reader that reads each image as the text it should say gives CER 0 for
-    written and real lines alike (so the images come in the order of their texts); one row is logged."""
+@pytest.mark.parametrize("adapt", [[], ["--adapt", "2"]])
+def test_fidelity_end_to_end_logs_one_row_with_every_figure(tiny, tmp_path, monkeypatch, capsys, adapt):
+    """Two writers of 6 lines each (pages of 4 lines), through the command line, primes read or
+    learnt (--adapt): every figure of the table is there and finite; a stand-in reader that reads
+    each image as the text it should say gives CER 0 for written and real lines alike (so the
+    images come in the order of their texts); one row is logged."""
     path, _ = tiny
     data = writers(make_handwriting_data(12, seed=4), 2)  # w0: lines 0, 2, 4 ...; w1: 1, 3, 5 ...
     monkeypatch.setattr(evaluate, "PAGE_LINES", 4)
@@ -370,19 +394,27 @@ def test_fidelity_end_to_end_logs_one_row_with_every_figure(tiny, tmp_path, monk
     monkeypatch.setattr(evaluate, "tesseract_available", lambda: True)
     monkeypatch.setattr(evaluate, "read_with_tesseract", reader)
     log = tmp_path / "judgements.csv"
-    evaluate.main([path, "--data_dir", str(tmp_path), "--fidelity", "--log", str(log)])
+    evaluate.main([path, "--data_dir", str(tmp_path), "--fidelity", "--log", str(log), *adapt])
     assert calls == [6, 6, 6]  # unprimed, primed, real
     with open(log, newline="") as f:
         [row] = list(csv.DictReader(f))
     assert row["checkpoint"] == path and row["judged"] == "fidelity"
     figures = {key[len("fidelity "):]: float(value) for key, value in row.items() if key.startswith("fidelity ")}
     assert figures["writers"] == 2 and figures["pages"] == 2 and figures["style_lines"] == 6
+    assert figures["adapt_steps"] == (2 if adapt else 0)
     assert figures["unprimed cer"] == figures["primed cer"] == figures["human cer"] == 0.0
     rows = evaluate.fidelity_table(figures)
     for name, *values, target, met in rows:
         assert all(v == "—" or np.isfinite(float(v)) for v in values), name
     out = capsys.readouterr().out
     assert all(f"| {name} |" in out for name, *_ in rows)
+    assert ("adapted to the writer's line (2 steps)" in out) == bool(adapt)
+
+
+def test_adapt_is_for_the_fidelity_judge(capsys):
+    with pytest.raises(SystemExit) as exit:
+        evaluate.parse_args(["save/synthesis.pt", "--adapt", "3"])
+    assert exit.value.code == 2 and "--adapt is for --fidelity" in capsys.readouterr().err
 
 
 def test_fidelity_with_skip_legibility_scores_the_likelihood_alone(tiny, tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ import utils
 from fixtures import (EXPECTED_OFFSETS, IAM_XML, INKML, JSON, make_handwriting_data, svg_paths, train_tiny,
                       write_data_dir, write_file)
 from generate import Prime, PrimeError, Writer, wrap_words
-from model import finished
+from model import finished, sequence_nll
 
 
 @pytest.fixture(scope="module")
@@ -537,6 +537,17 @@ def test_the_prime_line_command_reads_the_processed_data(checkpoints, writer, tm
     np.testing.assert_array_equal(np.load(strokes_out), writing.lines[0].astype(np.float32))
 
 
+def test_the_adapt_command_writes_what_the_adapted_writer_writes(checkpoints, writer, tmp_path):
+    data_dir, strokes_out = write_data_dir(tmp_path / "data"), tmp_path / "adapted.npz"
+    generate.main(["--checkpoint", checkpoints["synthesis"], "--prime_line", "line-2", "--prime_line", "line-3",
+                   "--data_dir", data_dir, "--adapt", "2", "--text", "ab", "--seed", "1", "--max_points_per_char", "10",
+                   "--out", str(tmp_path / "adapted.png"), "--strokes_out", str(strokes_out)])
+    with np.load(strokes_out) as saved:
+        for i, line_id in enumerate(["line-2", "line-3"]):
+            hand = writer.adapted(Prime.from_data(line_id, data_dir), 2)
+            np.testing.assert_array_equal(saved[f"line_{i}"], hand.write(["ab"], 0.0, 1, 10).lines[0].astype(np.float32))
+
+
 def test_a_bad_prime_stops_the_command_with_one_line(checkpoints, tmp_path):
     path = write_file(tmp_path, "bad.json", '{"strokes": []}')
     with pytest.raises(SystemExit, match=f"^{path}: holds no pen strokes$"):
@@ -552,6 +563,7 @@ def test_a_bad_prime_stops_the_command_with_one_line(checkpoints, tmp_path):
     (["--prime_text", "ab"], "--prime_text says what the --prime file says"),
     (["--prime", "a.json", "--prime_line", "a01-000u-01"], "give one"),
     (["--width", "0"], "--width must be >= 1"),
+    (["--adapt", "3"], "--adapt learns the hand of a prime"),
 ])
 def test_priming_and_page_options_are_checked(flags, error, capsys):
     with pytest.raises(SystemExit) as exit:
@@ -768,3 +780,22 @@ def test_write_from_uniforms_writes_what_the_seeds_draws_write_and_does_not_retr
     with pytest.warns(UserWarning, match="stalled"):
         stalled = writer.write(["ab"], uniforms=draws[:, :1], max_points_per_char=10)
     assert stalled.capped == [True] and len(calls) == 1
+
+
+def test_an_adapted_writer_has_learnt_the_prime_and_leaves_the_writer_as_it_was(writer):
+    """Writer.adapted fine-tunes a copy on the prime as the network reads it: the prime becomes
+    likelier to the copy; with no steps the copy writes what the writer writes."""
+    prime = Prime("abc", loops(24))
+    before = [p.detach().clone() for p in writer.model.parameters()]
+    same = writer.adapted(prime, steps=0)
+    write = lambda w: w.write("ab ca", 0.5, 1, 10, retries=0).lines[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny network may stall: the same stall either way
+        np.testing.assert_array_equal(write(same), write(writer))
+    learner = writer.adapted(prime, steps=3, learning_rate=1e-2)
+    offsets = writer.prime_offsets(prime).float()[None]
+    text, text_mask = writer.encode(["abc"])
+    nll = lambda w: sequence_nll(w.model, offsets, torch.ones(offsets.shape[:2]), text, text_mask)[0].item()
+    assert nll(learner) < nll(writer)
+    assert all(torch.equal(p.detach(), p0) for p, p0 in zip(writer.model.parameters(), before))
+    assert learner.alphabet == writer.alphabet and learner.normalisation == writer.normalisation

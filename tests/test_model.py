@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import (HandwritingModel, Mixture, ModelConfig, draw_noise, gaussian_log_density, point_nll,
+from model import (HandwritingModel, Mixture, ModelConfig, adapted, draw_noise, gaussian_log_density, point_nll,
                    sample_mixture, sequence_nll, split_mixture, window_weights)
 
 
@@ -659,3 +659,31 @@ def test_generate_refuses_uniforms_of_another_shape_or_outside_0_1():
         uniforms[3, 1, 2] = bad
         with pytest.raises(ValueError, match=r"must lie in \[0, 1\)"):
             model.generate(start, length=5, uniforms=uniforms)
+
+
+# ----------------------------------------------------------------------------- dynamic evaluation
+
+def test_one_adaptation_step_is_adams_first_step_on_a_copy():
+    """Adam's first step, bias-corrected, moves each weight by lr * g / (|g| + eps), g the gradient
+    of the line's NLL per point; the model given is left as it was."""
+    model = tiny("synthesis")
+    offsets, text, text_mask = (x[:1] for x in batch())
+    before = [p.detach().clone() for p in model.parameters()]
+    nats, points = sequence_nll(model, offsets, torch.ones(offsets.shape[:2], dtype=offsets.dtype), text, text_mask)
+    grads = torch.autograd.grad(nats / points, list(model.parameters()))
+    learner = adapted(model, offsets, text, text_mask, steps=1, learning_rate=1e-3)
+    for p, p0, g in zip(learner.parameters(), before, grads):
+        torch.testing.assert_close(p.detach(), p0 - 1e-3 * g / (g.abs() + 1e-8), rtol=1e-9, atol=1e-12)
+    for p, p0 in zip(model.parameters(), before):
+        assert torch.equal(p.detach(), p0)
+    assert not learner.training
+
+
+def test_adapting_to_a_line_makes_it_likelier_and_zero_steps_change_nothing():
+    model = tiny("synthesis")
+    offsets, text, text_mask = (x[:1] for x in batch())
+    mask = torch.ones(offsets.shape[:2], dtype=offsets.dtype)
+    nll = lambda m: sequence_nll(m, offsets, mask, text, text_mask)[0].item()
+    same = adapted(model, offsets, text, text_mask, steps=0, learning_rate=1e-3)
+    assert same is not model and nll(same) == nll(model)
+    assert nll(adapted(model, offsets, text, text_mask, steps=5, learning_rate=1e-2)) < nll(model) - 1
