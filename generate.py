@@ -26,8 +26,9 @@ Style (section 5.5): --prime FILE (an IAM-OnDB line XML, InkML or JSON) or --pri
 (a line of the processed data) is read by the network before it writes, so that it writes on in
 that hand; several --prime_line write the texts once in each hand (--show_primes draws the
 primes). --adapt STEPS learns a prime's hand rather than reading it: a copy of the network is
-fine-tuned on the prime's line (Graves' dynamic evaluation), then writes from the line's start,
-which makes the writer's other lines likelier than reading the prime does (docs/fidelity.md).
+fine-tuned on the prime's line (Graves' dynamic evaluation), then writes from the line's start:
+the writer's other lines become far likelier than after reading the prime, but the written lines
+carry less of its slant and read worse (docs/fidelity.md).
 Pages: --width N word-wraps the texts into lines of at most N characters and writes them
 one below the other in one style (Writer.write_page).
 
@@ -329,7 +330,8 @@ class Writer:
     def adapted(self, prime, steps=ADAPT_STEPS, learning_rate=ADAPT_RATE):
         """A Writer whose network has learnt the hand of `prime` (a Prime), not only read it: a copy
         fine-tuned on the prime's line (model.adapted), this one left as it was. Write with it
-        unprimed: the weights carry the hand (docs/fidelity.md measures both ways)."""
+        unprimed: the weights carry the hand. It makes the writer's other lines far likelier
+        than reading the prime does, but its lines at bias 1 read worse (docs/fidelity.md)."""
         offsets = self.prime_offsets(prime).float()[None]
         text, text_mask = self.encode([self.spelled(prime.text)])
         learner = model.adapted(self.model, offsets, text, text_mask, steps, learning_rate)
@@ -544,9 +546,10 @@ def parse_args(argv=None):
                         f"than {PRIME_WINDOW_SLACK} characters from the end of its text) stops the command (stop), "
                         "is written with a warning (warn) or is not looked at (off)")
     p.add_argument("--adapt", metavar="STEPS", type=arguments.OPTIONAL, default=0,
-                   help="learn each prime's hand before writing in it: fine-tune the network on the prime's "
-                        f"line for STEPS steps (a few seconds; {ADAPT_STEPS} writes the writer's other lines "
-                        "likeliest, docs/fidelity.md), then write from the line's start (0: read the prime)")
+                   help="learn each prime's hand rather than read it: fine-tune the network on the prime's "
+                        f"line for STEPS steps (a few seconds; {ADAPT_STEPS} makes the writer's other lines "
+                        "likeliest), then write from the line's start; the lines carry less of the prime's "
+                        "slant and read worse than a read prime's (docs/fidelity.md). 0: read the prime")
     p.add_argument("--show_primes", action="store_true",
                    help="draw each prime, as the network reads it, above the lines written in its hand")
     p.add_argument("--data_dir", default="data", help="where --prime_line looks")
