@@ -412,8 +412,7 @@ def written_figures(writer, data, plan, bias, seed, batch_size=50, read=None, wo
     real = [style(ink.rescale_to_pace(pen_units(data, line), writer.median_step), text)
             for (_, line), text in zip(chosen, texts)]
     # the control: how far the writer's own line before (the prime, real ink) is from the held-out lines
-    prime_styles = [style(ink.rescale_to_pace(pen_units(data, prime), writer.median_step), data.texts[prime])
-                    for prime, _ in chosen]
+    prime_styles = [style(ink.rescale_to_pace(prime.offsets, writer.median_step), prime.text) for prime in primes]
     figures = {"style_lines": len(texts)}
     figures.update({f"prime error: {statistic}": error
                     for statistic, error in style_errors(prime_styles, real, writer_of).items()})

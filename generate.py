@@ -99,10 +99,11 @@ class Writing:
     prime_window: Optional[list] = None
 
     @classmethod
-    def joined(cls, parts):
-        """One Writing of several, their lines one after another (the seed: the first's)."""
+    def joined(cls, parts, seed):
+        """One Writing of several, their lines one after another; prime_window where every part has it."""
         field = lambda name: [value for part in parts for value in getattr(part, name)]
-        return cls(field("lines"), parts[0].seed, field("texts"), field("phis"), field("capped"))
+        windows = None if any(part.prime_window is None for part in parts) else field("prime_window")
+        return cls(field("lines"), seed, field("texts"), field("phis"), field("capped"), windows)
 
     def save(self, path, label=False):
         """Draw the lines, stacked, to a PNG or SVG (by extension); label writes each text above its line."""
@@ -381,9 +382,7 @@ class Writer:
                     None if uniforms is None else uniforms[:, batch])
                 parts.append(part)
                 bar.update(len(batch))
-        joined = lambda field: [value for part in parts for value in getattr(part, field)]
-        return Writing(joined("lines"), first_seed, joined("texts"), joined("phis"), joined("capped"),
-                       None if primes is None else joined("prime_window"))
+        return Writing.joined(parts, first_seed)
 
     def check_lengths(self, texts, primes):
         """ValueError for a text longer than MAX_LINE_CHARS (see there why), PrimeError for a prime's text."""
@@ -705,8 +704,8 @@ def written(writer, args, primes):
         hands = [writer.adapted(prime, args.adapt) for prime in primes]
         if args.width:
             return hands[0].write_page(args.texts, args.bias, args.seed, args.max_points_per_char, progress=True)
-        return Writing.joined([hand.write(args.texts, args.bias, args.seed, args.max_points_per_char, progress=True)
-                               for hand in hands])
+        parts = [hand.write(args.texts, args.bias, args.seed, args.max_points_per_char, progress=True) for hand in hands]
+        return Writing.joined(parts, parts[0].seed)
     if args.width:
         return writer.write_page(args.texts, args.bias, args.seed, args.max_points_per_char,
                                  primes[0] if primes else None, prime_check=args.prime_check, progress=True)
