@@ -225,10 +225,11 @@ def default_path(task, model_dir="save"):
     return candidates[0]  # missing: load says so and how to make one
 
 
-def build_model(checkpoint, device="cpu"):
+def build_model(checkpoint, device="cpu", compile=False):
     """The model of a loaded checkpoint, with its weights, in eval mode: the fast one (kernels.py),
-    which training, generation and bench.py use; model.HandwritingModel loads the same weights."""
-    model = FastHandwritingModel(ModelConfig(**checkpoint["config"])).to(device)
+    which training, generation and bench.py use; model.HandwritingModel loads the same weights.
+    compile: its recurrences through torch.compile (as train.py --compile)."""
+    model = FastHandwritingModel(ModelConfig(**checkpoint["config"]), compile=compile).to(device)
     model.load_state_dict(checkpoint["model"])
     return model.eval()
 

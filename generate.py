@@ -269,14 +269,15 @@ class Writer:
         self.model, self.alphabet, self.normalisation, self.path = model, alphabet, normalisation, path
 
     @classmethod
-    def from_checkpoint(cls, saved, path=None, device="cpu"):
-        """A Writer from a checkpoint that checkpoint.load read."""
-        return cls(checkpoint.build_model(saved, device), saved["alphabet"], dataset.Normalisation.of(saved), path)
+    def from_checkpoint(cls, saved, path=None, device="cpu", compile=False):
+        """A Writer from a checkpoint that checkpoint.load read (compile: checkpoint.build_model's)."""
+        return cls(checkpoint.build_model(saved, device, compile), saved["alphabet"],
+                   dataset.Normalisation.of(saved), path)
 
     @classmethod
-    def load(cls, path, device="cpu"):
+    def load(cls, path, device="cpu", compile=False):
         """A Writer from a checkpoint file (raises FileNotFoundError or checkpoint.CheckpointError)."""
-        return cls.from_checkpoint(checkpoint.load(path, device), path, device)
+        return cls.from_checkpoint(checkpoint.load(path, device), path, device, compile)
 
     @property
     def task(self):

@@ -183,8 +183,16 @@ def lstm_cell_backward(dh, dc, act, c, c_prev):
 
 @functools.cache
 def _compiled(step):
-    # dynamic: batch size and text length change from batch to batch
-    return torch.compile(step, dynamic=True)
+    # dynamic: batch size and text length change from batch to batch. Duck sizing off: it would tie
+    # a slice's storage offset to any size of equal value, and lines of many lengths (evaluate.py
+    # --adapt trains on each) would each compile again, past the recompile limit into eager steps.
+    compiled = torch.compile(step, dynamic=True)
+
+    @functools.wraps(step)
+    def call(*args):
+        with torch.fx.experimental._config.patch(use_duck_shape=False):
+            return compiled(*args)
+    return call
 
 
 # The steppers call their step functions on runs of this many time steps: each call of a compiled

@@ -411,10 +411,25 @@ def test_fidelity_end_to_end_logs_one_row_with_every_figure(tiny, tmp_path, monk
     assert ("adapted to the writer's line (2 steps)" in out) == bool(adapt)
 
 
-def test_adapt_is_for_the_fidelity_judge(capsys):
+@pytest.mark.parametrize("option", [["--adapt", "3"], ["--compile"]])
+def test_adapt_and_compile_are_for_the_fidelity_judge(capsys, option):
     with pytest.raises(SystemExit) as exit:
-        evaluate.parse_args(["save/synthesis.pt", "--adapt", "3"])
-    assert exit.value.code == 2 and "--adapt is for --fidelity" in capsys.readouterr().err
+        evaluate.parse_args(["save/synthesis.pt", *option])
+    assert exit.value.code == 2 and f"{option[0]} is for --fidelity" in capsys.readouterr().err
+
+
+def test_the_judge_compiles_the_network_it_loads_with_compile(tiny, tmp_path, monkeypatch):
+    """--compile reaches the model (its recurrences compiled when first run), the weights the same."""
+    path, data_dir = tiny
+    data, loaded = dataset.load_data(os.path.join(data_dir, "validation.npz")), []
+    monkeypatch.setattr(evaluate, "fidelity", lambda writer, *args, **kwargs: loaded.append(writer) or {})
+    monkeypatch.setattr(evaluate, "fidelity_table", lambda figures: [])
+    for compile in (False, True):
+        evaluate.judge_fidelity(path, data, evaluate.parse_args(
+            [path, "--fidelity", "--log", ""] + ["--compile"] * compile))
+    assert [writer.model.compile_recurrence for writer in loaded] == [False, True]
+    for a, b in zip(loaded[0].model.state_dict().values(), loaded[1].model.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_fidelity_with_skip_legibility_scores_the_likelihood_alone(tiny, tmp_path, monkeypatch):
