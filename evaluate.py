@@ -173,26 +173,35 @@ TARGETED_STYLE = ("slant", "width per character / height", "strokes per characte
 
 def style(offsets, text):
     """A line's style in numbers (pen units): width per character, height (the 5th to 95th
-    percentile of y), their ratio (free of the line's scale), slant (degrees from upright of the
-    near-vertical pen-down steps, positive leaning right, weighted by length), pen strokes per
-    character, and the pace: points (rows of offsets) per character."""
+    percentile of y about the line's axis, the least-squares line through its points, so that a
+    line that climbs across the page is not taller for it), their ratio (free of the line's
+    scale), slant (degrees from upright of the near-vertical pen-down steps, positive leaning
+    right, weighted by length), pen strokes per character, the pace: points (rows of offsets) per
+    character, and the line's tilt (its axis, in degrees, positive climbing)."""
     strokes = utils.offsets_to_strokes(offsets)
     points = np.concatenate(strokes)
     steps = np.concatenate([np.diff(s, axis=0) for s in strokes if len(s) > 1] or [np.zeros((0, 2))])
     upright = steps[np.abs(steps[:, 1]) > np.abs(steps[:, 0])]
     lengths = np.hypot(upright[:, 0], upright[:, 1])
     slant = np.degrees(np.arctan(upright[:, 0] / upright[:, 1]))
-    width = np.ptp(points[:, 0]) / len(text)
-    height = np.percentile(points[:, 1], 95) - np.percentile(points[:, 1], 5)
+    x, y = points[:, 0], points[:, 1]
+    climb = np.polyfit(x, y, 1)[0] if np.ptp(x) > 0 else 0.0  # a line of one vertical stroke: no axis
+    about_axis = y - climb * x
+    width = np.ptp(x) / len(text)
+    height = np.percentile(about_axis, 95) - np.percentile(about_axis, 5)
     return {"width per character": width, "height": height,
             "width per character / height": width / height if height > 0 else np.nan,
             "slant": float(np.average(slant, weights=lengths)) if len(lengths) else 0.0,
-            "strokes per character": len(strokes) / len(text), "points per character": len(offsets) / len(text)}
+            "strokes per character": len(strokes) / len(text), "points per character": len(offsets) / len(text),
+            "line tilt": float(np.degrees(np.arctan(climb)))}
+
+
+ANGLES = ("slant", "line tilt")  # style statistics in degrees, compared by difference
 
 
 def style_error(written, real, statistic):
-    """How far `written` is from `real`: in degrees for slant, else relative to the real value."""
-    return abs(written - real) if statistic == "slant" else abs(written - real) / abs(real)
+    """How far `written` is from `real`: in degrees for angles, else relative to the real value."""
+    return abs(written - real) if statistic in ANGLES else abs(written - real) / abs(real)
 
 
 def pair_sequence(data, prime, line):
@@ -507,11 +516,11 @@ def fidelity_table(figures):
               for first, last in zip(POSITIONS, POSITIONS[1:] + (None,))],
             (f"writer named by likelihood among {candidates} primes, top-1 (control: chance)", "—",
              f("identification_top1"), f"{1 / candidates:.3f}", "≥ 0.60", met(get("identification_top1") >= 0.6))]
-    for statistic in TARGETED_STYLE + ("height",):
+    for statistic in TARGETED_STYLE + ("height", "line tilt"):
         unprimed, primed = get(f"unprimed error: {statistic}"), get(f"primed error: {statistic}")
         targeted = statistic in TARGETED_STYLE
-        rows.append((f"{statistic}, error" + (" in degrees" if statistic == "slant" else "")
-                     + ("" if targeted else " (the data's pace)"), f(f"unprimed error: {statistic}"),
+        rows.append((f"{statistic}, error" + (" in degrees" if statistic in ANGLES else "")
+                     + (" (the data's pace)" if statistic == "height" else ""), f(f"unprimed error: {statistic}"),
                      f(f"primed error: {statistic}"), f(f"prime error: {statistic}"),
                      "primed ≤ ½ unprimed" if targeted else "",
                      "" if not targeted else met(primed <= unprimed / 2) if np.isfinite([primed, unprimed]).all()

@@ -184,8 +184,15 @@ def test_style_statistics_by_hand():
     offsets = np.array([[0, 0, 0], [0, 2, 10], [1, 2, 10], [0, 5, 0], [1, 0, -10]], float)
     s = evaluate.style(offsets, "ab")
     assert s["width per character"] == pytest.approx(9 / 2)
-    assert s["height"] == pytest.approx(20 - 2)  # y sorted 0 10 10 20 20: 5th percentile 2, 95th 20
-    assert s["width per character / height"] == pytest.approx(4.5 / 18)
+    # the axis through x 0 2 4 9 9, y 0 10 20 20 10 (means 4.8, 12): slope Sxy / Sxx = 82 / 66.8
+    climb = 82 / 66.8
+    about_axis = sorted(y - 12 - climb * (x - 4.8) for x, y in [(0, 0), (2, 10), (4, 20), (9, 20), (9, 10)])
+    # the 5th and 95th percentiles of five values: a fifth of the way from the first to the second,
+    # and from the fourth to the fifth
+    height = (about_axis[3] + 0.8 * (about_axis[4] - about_axis[3])) - (about_axis[0] + 0.2 * (about_axis[1] - about_axis[0]))
+    assert s["height"] == pytest.approx(height)
+    assert s["width per character / height"] == pytest.approx(4.5 / height)
+    assert s["line tilt"] == pytest.approx(np.degrees(np.arctan(climb)))
     lean, length = np.degrees(np.arctan(0.2)), np.hypot(2, 10)
     assert s["slant"] == pytest.approx(lean * 2 * length / (2 * length + 10))
     assert s["strokes per character"] == 1.0
@@ -195,6 +202,19 @@ def test_style_statistics_by_hand():
     assert big["width per character / height"] == pytest.approx(s["width per character / height"])
     assert big["height"] == pytest.approx(10 * s["height"]) and big["slant"] == pytest.approx(s["slant"])
     assert evaluate.style_error(3.0, 2.0, "slant") == 1.0 and evaluate.style_error(3.0, 2.0, "height") == 0.5
+    assert evaluate.style_error(3.0, 2.0, "line tilt") == 1.0
+
+
+def test_a_line_that_climbs_is_as_tall_as_its_letters():
+    """Two strokes 4 tall, the second 5 higher and 10 further on: the line climbs at 1 in 2 and is
+    4 tall about its axis (y alone spans 0-9); a line of one vertical stroke has no axis to take."""
+    offsets = np.array([[0, 0, 0], [1, 0, 4], [0, 10, 1], [1, 0, 4]], float)
+    s = evaluate.style(offsets, "ab")
+    assert s["line tilt"] == pytest.approx(np.degrees(np.arctan(0.5)))
+    assert s["height"] == pytest.approx(4.0)  # about the axis: -2 -2 2 2 → 5th percentile -2, 95th 2
+    assert s["width per character / height"] == pytest.approx(5 / 4)
+    upright = evaluate.style(np.array([[0, 0, 0], [0, 0, 3], [1, 0, 3]], float), "i")
+    assert upright["line tilt"] == 0.0 and upright["height"] == pytest.approx(5.7 - 0.3)  # y 0 3 6
 
 
 def writers(data, forms):
