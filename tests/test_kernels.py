@@ -270,8 +270,11 @@ def test_compiled_step_functions_match_eager():
             torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 
+compile_as_training = kernels._compiled.__wrapped__  # the tests below put traced_and_guarded in its place
+
+
 def traced_and_guarded(step):
-    return torch.compile(step, dynamic=True, backend="eager")
+    return compile_as_training(step, backend="eager")  # traced and guarded as training's, no code made
 
 
 def test_compiled_recurrences_match_eager_and_keep_to_three_versions(monkeypatch):
@@ -327,6 +330,27 @@ def test_compiled_recurrences_match_eager_and_keep_to_three_versions(monkeypatch
                 h1.backward(torch.ones_like(h1))
         assert 1 <= versions(kernels._lstm_backward_steps) <= 3
         assert 2 <= versions(kernels._lstm_forward_steps) <= 6  # layer 1's gates come in fp32, layer 2's in bf16
+
+
+def test_lines_of_many_lengths_keep_the_compiled_steps_to_three_versions(monkeypatch):
+    """evaluate.py --adapt trains on one line at a time, every line another length: the compiled
+    steps must not make a version per length (with torch's duck sizing, a slice whose storage
+    offset equalled a size was tied to it, and each new length compiled again until the 8th,
+    after which the steps ran uncompiled)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+    monkeypatch.setattr(kernels, "STEPS_PER_CALL", 2)
+    monkeypatch.setattr(kernels, "_compiled", functools.cache(traced_and_guarded))
+    torch._dynamo.reset()
+    config = ModelConfig(task="synthesis", cell_size=4, num_clusters=2, K=2, alphabet_size=5)
+    model = FastHandwritingModel(config, compile=True)
+    g = torch.Generator().manual_seed(1)
+    for length in range(5, 17):  # 4 * cell_size = 16 among them, as 1,600 is among IAM-OnDB's lengths
+        offsets = torch.randn(1, length + 1, 3, generator=g)
+        text = torch.randint(0, 5, (1, 3), generator=g)
+        nll, _ = sequence_nll(model, offsets, torch.ones(1, length + 1), text, torch.ones(1, 3))
+        nll.backward()
+    for step_function in [kernels._forward_steps, kernels._backward_steps]:
+        assert 1 <= len(_debug_get_cache_entry_list(step_function.__code__)) <= 3, step_function.__name__
 
 
 # ----------------------------------------------------------------------------- an LSTM layer, stepped
